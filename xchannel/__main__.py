@@ -1,0 +1,3 @@
+from xchannel.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``xchannel`` CLI: one module each (see :mod:`xchannel.cli`)."""
