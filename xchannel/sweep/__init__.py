@@ -1,0 +1,1 @@
+"""Running many xchannel jobs: cluster profiles, submitit executors and sweeps."""
