@@ -1,0 +1,165 @@
+"""Colorization as a pretext task (the cross-channel encoder, Secs. 2 and 3.2).
+
+Per batch, on the training device: RGB -> Lab; the network sees L; the targets are the ground-truth ab picked at
+the head's stride (the released training nets subsample ab by the network's output stride rather than resizing),
+soft-encoded, with the rebalancing weight of each pixel's nearest bin (Eq. 2-4). Images that carry no colour (the
+gray mask) add nothing to the loss. Validation reports Table 1's AuC (raw and rebalanced) for the annealed-mean
+prediction and for the gray baseline (a = b = 0), and writes a Fig. 4-style sample grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from xchannel import color as C
+from xchannel.errors import UserError
+from xchannel.metrics.colorization import AbAucMeter
+from xchannel.pretext.losses import l2_regression, rebalanced_cross_entropy
+from xchannel.train.config import TrainConfig
+
+AB_SCALE = 110.0  # regression outputs are ab / 110, as the released model's output scaling
+
+
+def load_prior(spec: str) -> torch.Tensor:
+    """"reference" (the authors' ImageNet prior) or the path of a .npy written by ``xchannel prior``."""
+    if spec == "reference":
+        return C.reference_prior()
+    path = Path(spec)
+    try:
+        p = torch.from_numpy(np.load(path, allow_pickle=False)).double()
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the prior ({err})") from err
+    if p.shape != (C.Q,) or not torch.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
+        raise UserError(f"{path}: a prior must be {C.Q} non-negative numbers with a positive sum")
+    return p / p.sum()
+
+
+@dataclass
+class Batch:
+    L: torch.Tensor  # N x 1 x H x W in [0, 100]
+    ab: torch.Tensor  # N x 2 x H x W
+    has_color: torch.Tensor  # (N,) bool
+
+
+class ColorizationTask:
+    """The pretext task used by :func:`xchannel.train.engine.train` (see :mod:`xchannel.pretext`)."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        enc = C.SOFT_ENCODING_PRESETS[cfg.loss.soft_encoding]
+        self.neighbours, self.sigma = enc.neighbours, enc.sigma
+        self.class_weights = C.rebalance_weights(load_prior(cfg.loss.prior), cfg.loss.lam, cfg.loss.sigma).to(device)
+
+    # -- model ---------------------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        from xchannel.models import build_model
+
+        model = build_model(self.cfg.model.name, width=self.cfg.model.width)
+        if self.cfg.loss.kind == "l2":
+            set_regression_head(model)
+        return model
+
+    # -- data ----------------------------------------------------------------------------------------------------
+    def prepare(self, images: torch.Tensor, has_color: torch.Tensor | None = None) -> Batch:
+        """uint8 (or [0, 1] float) RGB N x 3 x H x W -> L, ab and the gray mask, on the task's device."""
+        x = images.to(self.device, non_blocking=True)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        lab = C.rgb_to_lab(x)
+        mask = C.has_color(lab[:, 1:], self.cfg.loss.gray_threshold)
+        if has_color is not None:
+            mask &= has_color.to(self.device).bool()
+        return Batch(lab[:, :1], lab[:, 1:], mask)
+
+    @staticmethod
+    def ab_at_head(model: nn.Module, ab: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        """Ground-truth ab picked at the head's stride and offset, cropped to the output's size."""
+        s, o = int(model.head_stride), int(round(getattr(model, "head_offset", 0)))
+        picked = ab[:, :, o::s, o::s][:, :, : out_hw[0], : out_hw[1]]
+        if tuple(picked.shape[-2:]) != tuple(out_hw):
+            raise ValueError(f"head output {out_hw} larger than the picked ground truth {tuple(picked.shape[-2:])}")
+        return picked
+
+    # -- loss ----------------------------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        out = model(batch.L)
+        inner = model.module if hasattr(model, "module") else model
+        ab = self.ab_at_head(inner, batch.ab, tuple(out.shape[-2:]))
+        if self.cfg.loss.kind == "l2":
+            return l2_regression(out.float() * AB_SCALE, ab, batch.has_color)
+        idx, wts = C.soft_encode_sparse(ab, self.neighbours, self.sigma)
+        v = self.class_weights.to(ab.dtype)[idx[:, :1]]  # Eq. 3: weight of the nearest bin (the target's argmax)
+        return rebalanced_cross_entropy(out, idx, wts, v, batch.has_color)
+
+    # -- prediction ----------------------------------------------------------------------------------------------
+    def predict(self, model: nn.Module, L: torch.Tensor, T: float | None = None) -> dict[str, torch.Tensor]:
+        """Decoded ab at the input resolution: annealed mean at T (and mean, mode for classification models)."""
+        T = self.cfg.temperature if T is None else T
+        out = model(L).float()
+        size = tuple(L.shape[-2:])
+        if self.cfg.loss.kind == "l2":
+            return {"regression": C.upsample_ab(out * AB_SCALE, size)}
+        proj = getattr(model, "ab_projection", None)
+        return {
+            "mean": C.upsample_ab(C.decode_mean(out, proj), size),
+            f"annealed T={T:g}": C.upsample_ab(C.annealed_mean(out, T, proj), size),
+            "mode": C.upsample_ab(C.decode_mode(out, proj), size),
+        }
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, batches, out_dir: Path, step: int, max_images: int) -> dict:
+        """AuC (raw, rebalanced) of the main prediction and of the gray baseline; a sample grid PNG."""
+        model.eval()
+        ours, gray = AbAucMeter(), AbAucMeter()
+        grid_rows: list[np.ndarray] = []
+        seen = 0
+        main_key = "regression" if self.cfg.loss.kind == "l2" else f"annealed T={self.cfg.temperature:g}"
+        for images in batches:
+            b = self.prepare(images)
+            preds = self.predict(model, b.L)
+            ours.update(preds[main_key], b.ab)
+            gray.update(torch.zeros_like(b.ab), b.ab)
+            if len(grid_rows) < 6:
+                grid_rows += sample_grid_rows(b.L, b.ab, preds, 6 - len(grid_rows))
+            seen += b.L.shape[0]
+            if seen >= max_images:
+                break
+        model.train()
+        if seen == 0:
+            return {}
+        grid = np.concatenate(grid_rows, axis=0)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(out_dir / f"samples_{step:08d}.png")
+        return {"auc": ours.auc(), "auc_rebal": ours.auc(rebalanced=True), "gray_auc": gray.auc(),
+                "gray_auc_rebal": gray.auc(rebalanced=True), "val_images": seen,
+                "columns": ["input (L)", *preds.keys(), "ground truth"]}
+
+
+def set_regression_head(model: nn.Module) -> None:
+    """Replace the 313-way classifier (the last conv with Q outputs) by a 1x1 regression of ab / 110.
+
+    Table 1's L2 variants share the network up to the last layer; "L2, ft" starts from a classification
+    checkpoint whose other weights load unchanged.
+    """
+    name, old = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == C.Q][-1]
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Conv2d(old.in_channels, 2, kernel_size=1, bias=True))
+
+
+def sample_grid_rows(L: torch.Tensor, ab: torch.Tensor, preds: dict[str, torch.Tensor], n: int) -> list[np.ndarray]:
+    """Rows of a Fig. 4-style grid: gray input | each decoding | ground truth, as uint8 RGB arrays."""
+    rows = []
+    for i in range(min(n, L.shape[0])):
+        cells = [torch.cat([L[i : i + 1], torch.zeros_like(ab[i : i + 1])], 1)]
+        cells += [torch.cat([L[i : i + 1], p[i : i + 1]], 1) for p in preds.values()]
+        cells.append(torch.cat([L[i : i + 1], ab[i : i + 1]], 1))
+        rgb = C.lab_to_rgb(torch.cat(cells).double())  # K x 3 x H x W
+        row = torch.cat(list(rgb), dim=2)  # 3 x H x (K W)
+        rows.append((row.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    return rows
