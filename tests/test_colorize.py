@@ -1,5 +1,7 @@
 """`xchannel colorize`: any size, original L kept, released weights accepted, bad files named, others done."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,43 @@ def test_unsafe_weight_file_is_refused(tmp_path, capsys):
     rc = main(["colorize", str(tmp_path), "-o", str(tmp_path / "o"), "--weights", str(path)])
     err = capsys.readouterr()
     assert rc == 2 and "evil.pth: refused to load" in err.err and "this would run" not in err.out
+
+
+def test_prior_command_counts_the_data_and_training_accepts_it(tmp_path, capsys):
+    from xchannel.data.synthetic import SyntheticSpec, make_dataset
+    from xchannel.pretext.colorization import load_prior
+
+    make_dataset(tmp_path / "d", SyntheticSpec(classes=2, train_per_class=3, val_per_class=1, voc_trainval=0,
+                                              voc_test=0, voc2012=False, size=48))
+    train_dir = tmp_path / "d" / "imagenet" / "train"
+    (train_dir / "c0_bad").mkdir()
+    (train_dir / "c0_bad" / "zero.jpg").write_bytes(b"")
+    out = tmp_path / "prior.npy"
+    assert main(["prior", str(train_dir), "-o", str(out), "--size", "48", "--workers", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["skipped"] == 1 and report["skipped_files"][0].endswith("zero.jpg")
+    p = np.load(out)
+    assert p.shape == (313,) and p.sum() == pytest.approx(1.0) and (p >= 0).all()
+    # the same counts computed directly from the decoded images
+    from xchannel.data.images import ImageFolderDataset, ResizeCenterCrop
+
+    ds = ImageFolderDataset(train_dir, ResizeCenterCrop(48, resize=48))
+    imgs = [s["image"] for s in (ds[i] for i in range(len(ds))) if isinstance(s, dict)]
+    ab = C.rgb_to_lab(torch.stack(imgs).float() / 255)[:, 1:]
+    np.testing.assert_allclose(p, C.empirical_prior([ab]).numpy(), atol=1e-12)
+    torch.testing.assert_close(load_prior(str(out)), torch.from_numpy(p))
+    (tmp_path / "bad.npy").write_bytes(b"junk")
+    with pytest.raises(Exception, match="bad.npy"):
+        load_prior(str(tmp_path / "bad.npy"))
+
+
+def test_convert_command_imports_released_weights(tmp_path, weights):
+    from xchannel.checkpoints import load_network
+
+    model, _ = weights
+    released = tmp_path / "rel.pth"
+    torch.save(to_official_eccv16(model), released)
+    assert main(["convert", "official", str(released), "-o", str(tmp_path / "ours.pt")]) == 0
+    back, info = load_network(tmp_path / "ours.pt")
+    L = torch.rand(1, 1, 64, 64) * 100
+    torch.testing.assert_close(back.predict_ab(L), model.predict_ab(L), atol=1e-3, rtol=1e-4)
