@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from badfiles import bomb_png as _bomb_png
+from badfiles import photo as _photo
 from xchannel.data.images import (BadImageError, ImageFolderDataset, ImageListDataset, RandomCropMirror,
                                   ResizeCenterCrop, SkipCounter, collate_skip, is_grayscale, load_rgb)
 from xchannel.data.voc import (VOC_CLASSES, VOC_PALETTE, PairedCropMirror, VOCClassification, VOCDetection,
@@ -21,25 +21,7 @@ from xchannel.data.voc import (VOC_CLASSES, VOC_PALETTE, PairedCropMirror, VOCCl
 from xchannel.errors import UserError
 
 # --------------------------------------------------------------------------------------------------------------
-# Odd and bad files
-
-
-def _photo(w: int = 40, h: int = 30, seed: int = 0) -> Image.Image:
-    """A small colourful image with smooth structure (JPEG-friendly)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    a = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), rng.uniform(50, 200))], -1)
-    return Image.fromarray(a.astype(np.uint8), "RGB")
-
-
-def _bomb_png(path: Path, width: int = 50000, height: int = 50000) -> None:
-    """A valid 8x8 PNG whose IHDR is patched to claim width x height (CRC recomputed)."""
-    Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
-    data = bytearray(path.read_bytes())
-    assert data[12:16] == b"IHDR"
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
-    path.write_bytes(bytes(data))
+# Odd and bad files (builders shared with the reliability tests: tests/badfiles.py)
 
 
 def test_bad_files_raise_bad_image_error_naming_file_and_problem(tmp_path):

@@ -11,6 +11,7 @@ Adding a capability means adding one such file: the modules are discovered, noth
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -58,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:  # a problem with the user's input: say it plainly, no traceback
         print(f"xchannel {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk is not a bug either: say which file and what is kept
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"xchannel {args.command}: error: {err.strerror or err}"
+              + (f": {err.filename}" if err.filename else ""), file=sys.stderr)
+        return 1
 
 
 def probe_main(argv: list[str] | None = None) -> int:

@@ -23,10 +23,11 @@ Facts used (with their sources)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -47,6 +48,12 @@ _EPS = 0.008856  # (6/29)^3: linear segment of f(t) below it
 _KAPPA = 7.787  # slope of that segment (1/3 (29/6)^2)
 
 
+# The matrix rows divided by the white point's X, Y, Z: X/Xn, Y/Yn, Z/Zn from linear RGB.
+_XYZN_ROWS: tuple[tuple[float, float, float], ...] = tuple(
+    tuple(float(v) for v in row) for row in (_XYZ_FROM_RGB / _D65[:, None])
+)
+
+
 def _mat(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return m.to(device=like.device, dtype=like.dtype)
 
@@ -62,14 +69,46 @@ def _check_image(x: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
 
 
+# The forward conversion is written as a few in-place elementwise passes (no einsum, no concatenation): it runs
+# on every training batch, and each pixel's result depends on that pixel alone, so converting a subset of the
+# pixels (the loss's targets) gives the values of converting the whole image (to float rounding).
+
+
+def _srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
+    """The inverse sRGB transfer function (IEC 61966-2-1): ((c + 0.055) / 1.055)^2.4 above 0.04045, else c / 12.92."""
+    hi = rgb.clamp_min(0.04045).add_(0.055).div_(1.055).pow_(2.4)
+    return torch.where(rgb > 0.04045, hi, rgb / 12.92, out=hi)
+
+
+def _xyz_component(lin: torch.Tensor, row: tuple[float, float, float]) -> torch.Tensor:
+    """One of X/Xn, Y/Yn, Z/Zn (N x 1 x H x W) from linear RGB: the matrix row ``row`` applied per pixel."""
+    out = lin[:, 0:1] * row[0]
+    return out.add_(lin[:, 1:2], alpha=row[1]).add_(lin[:, 2:3], alpha=row[2])
+
+
+def _lab_f(t: torch.Tensor) -> torch.Tensor:
+    """CIE f(t) = t^(1/3) above (6/29)^3, else the linear segment t / (3 (6/29)^2) + 4/29."""
+    hi = t.clamp_min(_EPS).pow_(1.0 / 3.0)
+    return torch.where(t > _EPS, hi, _KAPPA * t + 16.0 / 116.0, out=hi)
+
+
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1] (N x 3 x H x W) -> CIE Lab (D65). Agrees with ``skimage.color.rgb2lab``."""
     _check_image(rgb, "rgb_to_lab")
-    lin = torch.where(rgb > 0.04045, ((rgb.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = _apply_matrix(_XYZ_FROM_RGB, lin) / _mat(_D65, rgb).view(1, 3, 1, 1)
-    f = torch.where(xyz > _EPS, xyz.clamp_min(_EPS) ** (1.0 / 3.0), _KAPPA * xyz + 16.0 / 116.0)
-    fx, fy, fz = f[:, 0:1], f[:, 1:2], f[:, 2:3]
-    return torch.cat([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
+    lin = _srgb_to_linear(rgb)
+    fx, fy, fz = (_lab_f(_xyz_component(lin, row)) for row in _XYZN_ROWS)
+    out = torch.empty_like(rgb, memory_format=torch.contiguous_format)
+    torch.mul(fy, 116.0, out=out[:, 0:1]).sub_(16.0)
+    torch.sub(fx, fy, out=out[:, 1:2]).mul_(500.0)
+    torch.sub(fy, fz, out=out[:, 2:3]).mul_(200.0)
+    return out
+
+
+def rgb_to_lightness(rgb: torch.Tensor) -> torch.Tensor:
+    """L* alone (N x 1 x H x W): ``rgb_to_lab(rgb)[:, :1]``, computed without X and Z (a third of the work)."""
+    _check_image(rgb, "rgb_to_lightness")
+    fy = _lab_f(_xyz_component(_srgb_to_linear(rgb), _XYZN_ROWS[1]))
+    return fy.mul_(116.0).sub_(16.0)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
@@ -117,63 +156,173 @@ def reference_prior(device: torch.device | str | None = None, dtype: torch.dtype
 # The plane is cut into cells of _CELL ab units. For every cell, a look-up table lists the only bins that can be
 # among the k nearest of ANY point in that cell: bin q is a candidate iff its distance to the cell is at most
 # (k-th nearest distance from the cell centre) + (half the cell diagonal), by the triangle inequality. A query then
-# compares each pixel with M << 313 candidates (M ~ 12-25) instead of all bins: exact, and O(M) per pixel.
+# compares each pixel with its cell's candidates (at most 12 for k = 5, 16 for k = 10; 6.4 and 11.6 on average over
+# the pixels of real photos) instead of all 313 bins: exact, and O(M k) per pixel.
+#
+# The search is vectorised over pixels and runs candidate slot by candidate slot (no per-pixel loop, and no
+# per-row sort, which is slow on rows this short): a candidate's squared distance and its slot number are packed
+# into one int64 key whose order is (distance, slot), and a compare-exchange cascade (torch.minimum /
+# torch.maximum) keeps the k smallest keys of every pixel in ascending order. A non-negative float64 orders like
+# its bit pattern, and float32 distances widened to float64 leave the lowest 29 mantissa bits free for the slot,
+# so the keys order exactly as the distances do (float64 inputs: the lowest 8 mantissa bits are overwritten, a
+# relative resolution of 6e-14). A cell lists its candidates in increasing bin index, so equal distances rank the
+# lower bin index first. Most pixels' cells have at most k + 2 candidates; the few others run their remaining
+# slots as a second, smaller batch.
 
-_CELL = 2.0
+_CELL = 1.0
 _LO = -128.0  # the LUT covers [-128, 128)^2; Lab ab of any sRGB colour lies well inside (|a|, |b| < 110)
 _NCELL = int(256 / _CELL)
+_SLOT_BITS = 8  # slot numbers (< 256) live in the low bits of a key
+_PAD = float("inf")  # coordinates of an unused slot: its distance is +inf, so it is never among the k nearest
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device | str) -> Iterator[None]:
+    """Run a chain of small CPU kernels on one intra-op thread (a no-op on other devices; not thread-safe, as
+    torch's thread count is per process). Kernels of ~1e5 elements gain little from a second thread, and on a
+    busy machine every parallel region waits for a descheduled thread: on a loaded 2-core machine the targets of
+    one batch (40 x 44 x 44 pixels) took 0.3-2.6 s with two threads instead of 20 ms with one."""
+    device = torch.device(device)
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """The look-up table for one k: per slot m and cell c, the candidate's bin index and coordinates."""
+
+    index: torch.Tensor  # M x C int64; an unused slot repeats the cell's first candidate (a valid bin)
+    a: torch.Tensor  # M x C, +inf where unused
+    b: torch.Tensor  # M x C
+    count: torch.Tensor  # C int64: candidates of each cell
+    first_pass: int  # slots every pixel runs; cells with more candidates run the rest as a second batch
 
 
 @functools.lru_cache(maxsize=None)
-def _candidate_table(k: int) -> torch.Tensor:
+def _candidate_table(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M x C int64 candidate bins, C candidate counts) for cells of side _CELL covering [-128, 128)^2; slot m of
+    a cell is its m-th candidate in increasing bin index, -1 where unused.
+
+    Squared distances separate into an a part and a b part, so they are built from per-row and per-column tables.
+    They are computed in float32 with a margin of 1e-3 ab units on the bound: a margin can only add candidates,
+    never drop a true neighbour, so the search stays exact.
+    """
+    bins = ab_bins(dtype=torch.float32)
+    centres = _LO + _CELL * (torch.arange(_NCELL, dtype=torch.float32) + 0.5)
+    da2 = (centres[:, None] - bins[None, :, 0]).square()  # n x Q: squared a-distance, cell row to bin
+    db2 = (centres[:, None] - bins[None, :, 1]).square()
+    ga2 = ((centres[:, None] - bins[None, :, 0]).abs() - _CELL / 2).clamp_min(0.0).square()  # to the cell's edge
+    gb2 = ((centres[:, None] - bins[None, :, 1]).abs() - _CELL / 2).clamp_min(0.0).square()
+    ranks = torch.arange(Q, dtype=torch.float32)
+    lists, counts = [], []
+    rows = 32
+    for i in range(0, _NCELL, rows):  # blocks of cell rows: bounded memory
+        d2 = (da2[i : i + rows, None, :] + db2[None]).flatten(0, 1)  # (rows n) x Q, from each cell centre
+        dk = d2.topk(k, dim=1, largest=False).values[:, -1:].sqrt()
+        cand = (ga2[i : i + rows, None, :] + gb2[None]).flatten(0, 1) <= (dk + _CELL / np.sqrt(2.0) + 1e-3).square()
+        count = cand.sum(1)
+        ranked = torch.where(cand, ranks, float(Q))
+        lists.append(ranked.topk(int(count.max()), dim=1, largest=False, sorted=True).indices)
+        counts.append(count)
+    count = torch.cat(counts)
+    m = int(count.max())
+    order = torch.cat([torch.nn.functional.pad(o, (0, m - o.shape[1])) for o in lists])
+    table = torch.where(torch.arange(m)[None, :] < count[:, None], order, torch.full_like(order, -1))
+    return table.t().contiguous(), count
+
+
+@functools.lru_cache(maxsize=None)
+def _candidates(k: int, device: torch.device, dtype: torch.dtype) -> _Candidates:
+    with one_cpu_thread("cpu"):  # built once per k, on the CPU
+        table, count = _candidate_table(k)
+    used = table >= 0
+    index = torch.where(used, table, table[:1].expand_as(table))
     bins = ab_bins(dtype=torch.float64)
-    centres_1d = _LO + _CELL * (torch.arange(_NCELL, dtype=torch.float64) + 0.5)
-    ca, cb = torch.meshgrid(centres_1d, centres_1d, indexing="ij")
-    centres = torch.stack([ca.reshape(-1), cb.reshape(-1)], dim=1)  # C x 2
-    d = torch.cdist(centres, bins)  # C x Q
-    dk = d.topk(k, dim=1, largest=False).values[:, -1:]  # C x 1
-    # distance from each bin to the cell (a square of side _CELL around the centre)
-    gap = ((centres[:, None, :] - bins[None, :, :]).abs() - _CELL / 2).clamp_min(0.0)
-    d_cell = gap.norm(dim=2)
-    cand = d_cell <= dk + _CELL / np.sqrt(2.0) + 1e-9
-    m = int(cand.sum(1).max())
-    # order candidates by distance from the cell centre; pad with the nearest one (duplicates are harmless:
-    # the top-k below is taken over distinct indices by masking repeated entries)
-    order = torch.where(cand, d, torch.full_like(d, float("inf"))).argsort(dim=1)[:, :m]
-    count = cand.sum(1, keepdim=True)
-    pad = order[:, :1].expand(-1, m)
-    table = torch.where(torch.arange(m)[None, :] < count, order, pad)
-    return table.to(torch.int64)  # C x M
+    a = torch.where(used, bins[index, 0], torch.full(index.shape, _PAD, dtype=torch.float64))
+    b = torch.where(used, bins[index, 1], torch.full(index.shape, _PAD, dtype=torch.float64))
+    if table.shape[0] >= 1 << _SLOT_BITS:
+        raise ValueError(f"nearest_bins: k = {k} needs {table.shape[0]} candidate slots, more than {1 << _SLOT_BITS}")
+    first = min(table.shape[0], k + 2)
+    return _Candidates(index.to(device), a.to(device, dtype), b.to(device, dtype), count.to(device), first)
 
 
-def nearest_bins(ab: torch.Tensor, k: int = 1, chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k nearest bins of every pixel, nearest first.
+def _insert(top: list[torch.Tensor], key: torch.Tensor, k: int) -> None:
+    """Insert ``key`` (consumed) into the ascending list ``top`` (at most k keys per pixel) by compare-exchange."""
+    spare = torch.empty_like(key)
+    for j in range(len(top)):
+        if j < k - 1 or len(top) < k:
+            torch.maximum(top[j], key, out=spare)
+            torch.minimum(top[j], key, out=top[j])
+            key, spare = spare, key
+        else:  # the largest of k + 1 keys is dropped
+            torch.minimum(top[j], key, out=top[j])
+    if len(top) < k:
+        top.append(key)
 
-    ab: N x 2 x H x W. Returns (indices int64 N x k x H x W, squared distances N x k x H x W). Points outside
-    [-128, 128)^2 (impossible for sRGB colours) use the candidates of the nearest border cell.
+
+def _run_slots(cands: _Candidates, slots: range, pa: torch.Tensor, pb: torch.Tensor, cell: torch.Tensor,
+               top: list[torch.Tensor], k: int) -> None:
+    for m in slots:
+        d2 = pa - cands.a[m].index_select(0, cell)
+        db = pb - cands.b[m].index_select(0, cell)
+        d2.mul_(d2).add_(db.mul_(db))
+        key = d2.to(torch.float64).view(torch.int64)
+        if d2.dtype == torch.float64:
+            key = key.bitwise_and(-(1 << _SLOT_BITS))
+        _insert(top, key.bitwise_or_(m), k)
+
+
+def nearest_bins(ab: torch.Tensor, k: int = 1, chunk: int = 1 << 17) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest bins of every pixel, nearest first (equal distances: the lower bin index first).
+
+    ab: N x 2 x H x W. Returns (indices int64 N x k x H x W, squared distances N x k x H x W in ab's dtype;
+    float16 / bfloat16 inputs are searched in float32). Points outside [-128, 128)^2 (impossible for sRGB
+    colours) use the candidates of the nearest border cell.
     """
     if ab.ndim != 4 or ab.shape[1] != 2:
         raise ValueError(f"expected ab as N x 2 x H x W, got {tuple(ab.shape)}")
+    if not 1 <= k <= Q:
+        raise ValueError(f"k must be in 1..{Q}, got {k}")
     n, _, h, w = ab.shape
-    table = _candidate_table(k).to(ab.device)
-    bins = ab_bins(ab.device, ab.dtype)
-    pts = ab.permute(0, 2, 3, 1).reshape(-1, 2)
-    idx_out = torch.empty(pts.shape[0], k, dtype=torch.int64, device=ab.device)
-    d2_out = torch.empty(pts.shape[0], k, dtype=ab.dtype, device=ab.device)
-    for s in range(0, pts.shape[0], chunk):  # bounded memory for large batches
-        p = pts[s : s + chunk]
-        cell = ((p - _LO) / _CELL).floor().long().clamp(0, _NCELL - 1)
-        cand = table[cell[:, 0] * _NCELL + cell[:, 1]]  # P x M
-        d2 = (p[:, None, :] - bins[cand]).pow(2).sum(-1)  # P x M
-        # padded duplicates repeat the first candidate: push them out of the top-k
-        dup = torch.zeros_like(cand, dtype=torch.bool)
-        dup[:, 1:] = cand[:, 1:] == cand[:, :1]
-        d2 = d2.masked_fill(dup, float("inf"))
-        val, pos = d2.topk(k, dim=1, largest=False)
-        idx_out[s : s + chunk] = cand.gather(1, pos)
-        d2_out[s : s + chunk] = val
-    to_map = lambda t: t.reshape(n, h, w, k).permute(0, 3, 1, 2)  # noqa: E731
-    return to_map(idx_out), to_map(d2_out)
+    work = torch.float64 if ab.dtype == torch.float64 else torch.float32
+    cands = _candidates(k, ab.device, work)
+    with one_cpu_thread(ab.device):  # a long chain of small kernels
+        pa_all = ab[:, 0].reshape(-1).to(work)
+        pb_all = ab[:, 1].reshape(-1).to(work)
+        idx_out = torch.empty(k, pa_all.shape[0], dtype=torch.int64, device=ab.device)
+        d2_out = torch.empty(k, pa_all.shape[0], dtype=work, device=ab.device)
+        for s in range(0, pa_all.shape[0], chunk):  # bounded memory
+            _search_chunk(cands, pa_all[s : s + chunk], pb_all[s : s + chunk], k, idx_out[:, s : s + chunk],
+                          d2_out[:, s : s + chunk])
+        to_map = lambda t: t.view(k, n, h, w).permute(1, 0, 2, 3).contiguous()  # noqa: E731
+        return to_map(idx_out), to_map(d2_out).to(ab.dtype)
+
+
+def _search_chunk(cands: _Candidates, pa: torch.Tensor, pb: torch.Tensor, k: int, idx_out: torch.Tensor,
+                  d2_out: torch.Tensor) -> None:
+    """:func:`nearest_bins` for one chunk of pixels (a, b as vectors), written into k x P outputs."""
+    ia = ((pa - _LO) / _CELL).floor_().long().clamp_(0, _NCELL - 1)
+    cell = ia.mul_(_NCELL).add_(((pb - _LO) / _CELL).floor_().long().clamp_(0, _NCELL - 1))
+    top: list[torch.Tensor] = []
+    _run_slots(cands, range(cands.first_pass), pa, pb, cell, top, k)
+    more = (cands.count.index_select(0, cell) > cands.first_pass).nonzero().squeeze(1)
+    if more.numel() > 0:  # the pixels whose cells list more candidates: the remaining slots
+        sub = [t.index_select(0, more) for t in top]
+        _run_slots(cands, range(cands.first_pass, cands.index.shape[0]), pa.index_select(0, more),
+                   pb.index_select(0, more), cell.index_select(0, more), sub, k)
+        for t, u in zip(top, sub):
+            t.index_copy_(0, more, u)
+    keys = torch.stack(top)  # k x P, ascending along k
+    flat = keys.bitwise_and((1 << _SLOT_BITS) - 1).mul_(cands.index.shape[1]).add_(cell)  # slot * C + cell
+    idx_out.copy_(cands.index.view(-1).index_select(0, flat.view(-1)).view_as(flat))
+    d2_out.copy_(keys.bitwise_and_(-(1 << _SLOT_BITS)).view(torch.float64))  # the slot bits cleared
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -35,19 +35,36 @@ def predict_ab(model: nn.Module, L: torch.Tensor, T: float = ANNEAL_T, loss_kind
 
 
 @torch.no_grad()
+def colorize_rgb(model: nn.Module, img: Image.Image, size: int = 256, T: float = ANNEAL_T,
+                 loss_kind: str = "classification", device: torch.device | str = "cpu") -> torch.Tensor:
+    """The colour version of ``img`` as a 1 x 3 x H x W float tensor in [0, 1] (before 8-bit quantisation).
+
+    Only the lightness of the photo and of its ``size`` x ``size`` resize is computed (the network sees L alone);
+    a photo already at ``size`` x ``size`` is not resized (PIL would return a copy).
+    """
+    device = torch.device(device)
+    rgb = img.convert("RGB")
+    full = _rgb_tensor(rgb, device)
+    L_full = C.rgb_to_lightness(full)
+    if rgb.size == (size, size):
+        L_small = L_full
+    else:
+        L_small = C.rgb_to_lightness(_rgb_tensor(rgb.resize((size, size), Image.BICUBIC), device))
+    ab = predict_ab(model, L_small, T, loss_kind)
+    ab = C.upsample_ab(ab, tuple(L_full.shape[-2:]))
+    return C.lab_to_rgb(torch.cat([L_full, ab.to(L_full.dtype)], dim=1))
+
+
+def to_image(rgb: torch.Tensor) -> Image.Image:
+    """1 x 3 x H x W float in [0, 1] -> 8-bit RGB image (rounded to the nearest level)."""
+    out = rgb[0].mul(255.0).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(out)
+
+
 def colorize_image(model: nn.Module, img: Image.Image, size: int = 256, T: float = ANNEAL_T,
                    loss_kind: str = "classification", device: torch.device | str = "cpu") -> Image.Image:
     """A colour version of ``img`` (any size, any mode): network at ``size`` px, ab upsampled, original L kept."""
-    device = torch.device(device)
-    full = _rgb_tensor(img, device)
-    L_full = C.rgb_to_lab(full)[:, :1]
-    small = _rgb_tensor(img.convert("RGB").resize((size, size), Image.BICUBIC), device)
-    L_small = C.rgb_to_lab(small)[:, :1]
-    ab = predict_ab(model, L_small, T, loss_kind)
-    ab = C.upsample_ab(ab, tuple(L_full.shape[-2:]))
-    rgb = C.lab_to_rgb(torch.cat([L_full, ab.to(L_full.dtype)], dim=1))
-    out = (rgb[0].permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
-    return Image.fromarray(out)
+    return to_image(colorize_rgb(model, img, size, T, loss_kind, device))
 
 
 def output_path(src: Path, out_dir: Path, root: Path | None) -> Path:

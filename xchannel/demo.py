@@ -33,6 +33,9 @@ class DemoContext:
 STAGES: list[tuple[str, str]] = [
     ("data", "xchannel.demo:make_data_stage"),
     ("colorization", "xchannel.demo:colorization_stage"),
+    ("probes", "xchannel.probe.demo:probe_stage"),
+    ("pascal", "xchannel.pascal.demo:pascal_stage"),
+    ("table1", "xchannel.evaluation.demo:table1_stage"),
 ]
 
 
@@ -86,10 +89,21 @@ def colorization_stage(ctx: DemoContext) -> dict:
     return out
 
 
+def _reuse_trained(ctx: DemoContext) -> None:
+    """Let later stages run on their own (``--only probes``) with the networks an earlier demo trained."""
+    from xchannel.train.checkpoint import list_checkpoints
+
+    for key, name in (("encoder_checkpoint", "demo-alexnet"), ("colorizer_checkpoint", "demo-vgg")):
+        found = list_checkpoints(ctx.work / name) if (ctx.work / name).is_dir() else []
+        if found:
+            ctx.outputs[key] = str(found[0][1])
+
+
 def run_demo(results: Path, work: Path, only: list[str] | None = None, seed: int = 0, progress: bool = True) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(results=results, work=work, seed=seed, progress=progress)
+    _reuse_trained(ctx)
     report: dict = {}
     for name, target in STAGES:
         if only and name not in only and name != "data":

@@ -19,7 +19,8 @@ DESCRIPTION = """Colorize photos with a trained colorizer.
 
 Any input size: the network runs at --size px (default 256), ab is upsampled to the full resolution and joined with
 the photo's own L. A folder is processed recursively with a progress bar; an unreadable file is reported by name
-while the others are still done (exit status 1 when any file failed)."""
+while the others are still done; the closing summary counts and lists the unreadable files (exit status 1 when
+any file failed)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,5 +76,7 @@ def run(args: argparse.Namespace) -> int:
         with atomic_write(dst) as f:
             result.save(f, format="PNG")
     print(f"colorized {len(files) - len(failed)} of {len(files)} images into {out_dir}"
-          + (f"; {len(failed)} unreadable" if failed else ""))
+          + (f"; {len(failed)} unreadable, skipped:" if failed else ""))
+    for line in failed:
+        print(f"  {line}")
     return 1 if failed else 0

@@ -26,6 +26,8 @@ Run `xchannel evaluate TARGET --help` for a target's options.
 #: Target name -> module providing ``HELP``, ``add_arguments(parser)`` and ``run(args)``.
 EVALUATORS: dict[str, str] = {
     "voc-det": "xchannel.metrics.voc_det_cli",
+    "colorization": "xchannel.evaluation.colorization",
+    "temperature-grid": "xchannel.evaluation.temperature",
 }
 
 

@@ -30,14 +30,17 @@ class AbAucMeter:
         self.hist = torch.zeros(Q, max_threshold + 2, dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, pred_ab: torch.Tensor, true_ab: torch.Tensor) -> None:
+    def update(self, pred_ab: torch.Tensor, true_ab: torch.Tensor, classes: torch.Tensor | None = None) -> None:
+        """Accumulate one batch. ``classes`` (the true ab's nearest bins, N x 1 x H x W) may be passed in when
+        several predictions of the same images are scored: the nearest-bin search is the costly part."""
         if pred_ab.shape != true_ab.shape or pred_ab.ndim != 4 or pred_ab.shape[1] != 2:
             raise ValueError(f"expected matching N x 2 x H x W ab, got {tuple(pred_ab.shape)} and {tuple(true_ab.shape)}")
         err = (pred_ab.double() - true_ab.double()).norm(dim=1)
         # err <= t (t integer) <=> ceil(err) <= t; a 1e-6 tolerance keeps float noise from crossing a threshold
         ebin = (err - 1e-6).ceil().clamp(min=0).clamp(max=self.max_threshold + 1).long().flatten().cpu()
-        cls = nearest_bins(true_ab.float(), 1)[0].flatten().cpu()
-        flat = cls * (self.max_threshold + 2) + ebin
+        if classes is None:
+            classes = nearest_bins(true_ab.float(), 1)[0]
+        flat = classes.flatten().cpu() * (self.max_threshold + 2) + ebin
         self.hist += torch.bincount(flat, minlength=self.hist.numel()).view_as(self.hist).double()
 
     def curve(self, rebalanced: bool = False, prior: torch.Tensor | str | None = None) -> torch.Tensor:

@@ -9,7 +9,6 @@ prediction and for the gray baseline (a = b = 0), and writes a Fig. 4-style samp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +39,94 @@ def load_prior(spec: str) -> torch.Tensor:
     return p / p.sum()
 
 
-@dataclass
+def _pick(x: torch.Tensor, stride: int, offset: int, out_hw: tuple[int, int]) -> torch.Tensor:
+    """The pixels (offset + stride i, offset + stride j) of x, cropped to out_hw (the head's output size)."""
+    picked = x[:, :, offset::stride, offset::stride][:, :, : out_hw[0], : out_hw[1]]
+    if tuple(picked.shape[-2:]) != tuple(out_hw):
+        raise ValueError(f"head output {tuple(out_hw)} larger than the picked ground truth {tuple(picked.shape[-2:])}")
+    return picked
+
+
 class Batch:
-    L: torch.Tensor  # N x 1 x H x W in [0, 100]
-    ab: torch.Tensor  # N x 2 x H x W
-    has_color: torch.Tensor  # (N,) bool
+    """One batch on the task's device: the network input ``L`` (N x 1 x H x W in [0, 100]), ``ab``
+    (N x 2 x H x W) and the gray mask ``has_color`` ((N,) bool).
+
+    Lab is a per-pixel map, so a batch made by :meth:`ColorizationTask.prepare` from the RGB images converts only
+    what is read, when it is first read: ``L`` at full resolution (lightness only, no a and b); the ab of the pixels
+    the loss takes its targets from (:meth:`ab_at`: 1/16 of the pixels at the VGG head's stride 4, 1/256 at
+    AlexNet's 16); the full-resolution ``ab`` only if something reads it (validation). The values are those of
+    converting the whole image (to float rounding).
+
+    ``has_color`` is the released rule on the whole image (some |a| or |b| above the threshold), combined with
+    the loader's flag. An image with colour at one of the loss's pixels has colour; only images whose picked
+    pixels are all gray are converted in full to decide.
+
+    ``Batch(L, ab, has_color)`` wraps tensors that are already computed.
+    """
+
+    def __init__(self, L: torch.Tensor | None = None, ab: torch.Tensor | None = None,
+                 has_color: torch.Tensor | None = None, *, rgb: torch.Tensor | None = None,
+                 gray_threshold: float = 5.0, allowed: torch.Tensor | None = None) -> None:
+        if rgb is None and (L is None or ab is None):
+            raise ValueError("Batch needs L and ab, or the RGB images (N x 3 x H x W, uint8 or [0, 1] float)")
+        self._L = L
+        self._ab = ab
+        self._rgb = rgb
+        self._has_color = has_color
+        self._threshold = gray_threshold
+        self._allowed = allowed  # the loader's per-image flag (False: a grayscale file), or None
+        self._picked: dict[tuple[int, int, int, int], torch.Tensor] = {}
+
+    @staticmethod
+    def _unit(rgb: torch.Tensor) -> torch.Tensor:
+        return rgb.float().div_(255.0) if rgb.dtype == torch.uint8 else rgb.float()
+
+    @property
+    def L(self) -> torch.Tensor:
+        if self._L is None:
+            self._L = C.rgb_to_lightness(self._unit(self._rgb))
+        return self._L
+
+    @L.setter
+    def L(self, value: torch.Tensor) -> None:
+        self._L = value
+
+    @property
+    def ab(self) -> torch.Tensor:
+        if self._ab is None:
+            self._ab = C.rgb_to_lab(self._unit(self._rgb))[:, 1:]
+        return self._ab
+
+    def ab_at(self, stride: int, offset: int, out_hw: tuple[int, int]) -> torch.Tensor:
+        """ab at pixels (offset + stride i, offset + stride j), N x 2 x out_hw (converted from those pixels only)."""
+        key = (int(stride), int(offset), int(out_hw[0]), int(out_hw[1]))
+        if key not in self._picked:
+            if self._ab is not None:
+                self._picked[key] = _pick(self._ab, *key[:2], out_hw)
+            else:
+                with C.one_cpu_thread(self._rgb.device):  # small kernels (see one_cpu_thread)
+                    self._picked[key] = C.rgb_to_lab(self._unit(_pick(self._rgb, *key[:2], out_hw)))[:, 1:]
+        return self._picked[key]
+
+    @property
+    def has_color(self) -> torch.Tensor:
+        if self._has_color is None:
+            self._has_color = self._gray_mask()
+        return self._has_color
+
+    def _gray_mask(self) -> torch.Tensor:
+        if self._ab is not None or not self._picked:
+            mask = C.has_color(self.ab, self._threshold)
+        else:
+            with C.one_cpu_thread(self._rgb.device):
+                mask = C.has_color(next(iter(self._picked.values())), self._threshold)
+            undecided = ~mask
+            if bool(undecided.any()):
+                full = C.rgb_to_lab(self._unit(self._rgb[undecided]))[:, 1:]
+                mask[undecided] = C.has_color(full, self._threshold)
+        if self._allowed is not None:
+            mask &= self._allowed.to(mask.device).bool()
+        return mask
 
 
 class ColorizationTask:
@@ -68,33 +150,41 @@ class ColorizationTask:
 
     # -- data ----------------------------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor, has_color: torch.Tensor | None = None) -> Batch:
-        """uint8 (or [0, 1] float) RGB N x 3 x H x W -> L, ab and the gray mask, on the task's device."""
+        """uint8 (or [0, 1] float) RGB N x 3 x H x W -> L, ab and the gray mask, on the task's device, each
+        computed when first read (see :class:`Batch`): the batch refers to ``images`` (on the CPU, without a copy),
+        so they must not be modified in place while the batch is in use."""
         x = images.to(self.device, non_blocking=True)
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        lab = C.rgb_to_lab(x)
-        mask = C.has_color(lab[:, 1:], self.cfg.loss.gray_threshold)
-        if has_color is not None:
-            mask &= has_color.to(self.device).bool()
-        return Batch(lab[:, :1], lab[:, 1:], mask)
+        allowed = has_color.to(self.device) if has_color is not None else None
+        return Batch(rgb=x, gray_threshold=self.cfg.loss.gray_threshold, allowed=allowed)
+
+    @staticmethod
+    def head_pixels(model: nn.Module) -> tuple[int, int]:
+        """(stride, offset) of the model's head: output cell (i, j) sits on input pixel (o + s i, o + s j)."""
+        return int(model.head_stride), int(round(getattr(model, "head_offset", 0)))
 
     @staticmethod
     def ab_at_head(model: nn.Module, ab: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
         """Ground-truth ab picked at the head's stride and offset, cropped to the output's size."""
-        s, o = int(model.head_stride), int(round(getattr(model, "head_offset", 0)))
-        picked = ab[:, :, o::s, o::s][:, :, : out_hw[0], : out_hw[1]]
-        if tuple(picked.shape[-2:]) != tuple(out_hw):
-            raise ValueError(f"head output {out_hw} larger than the picked ground truth {tuple(picked.shape[-2:])}")
-        return picked
+        return _pick(ab, *ColorizationTask.head_pixels(model), out_hw)
 
     # -- loss ----------------------------------------------------------------------------------------------------
+    def targets(self, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eq. 2-3 targets for ab at the head's pixels (N x 2 x h x w): the soft encoding in sparse form (bin
+        indices and weights, N x k x h x w, nearest bin first) and each pixel's rebalancing weight (N x 1 x h x w),
+        the weight of its nearest bin, i.e. of the target's argmax."""
+        with C.one_cpu_thread(ab.device):  # small kernels (see one_cpu_thread)
+            idx, wts = C.soft_encode_sparse(ab, self.neighbours, self.sigma)
+            nearest = idx[:, :1]
+            v = self.class_weights.to(ab.dtype).index_select(0, nearest.reshape(-1)).view(nearest.shape)
+        return idx, wts, v
+
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         out = model(batch.L)
         inner = model.module if hasattr(model, "module") else model
-        ab = self.ab_at_head(inner, batch.ab, tuple(out.shape[-2:]))
+        ab = batch.ab_at(*self.head_pixels(inner), tuple(out.shape[-2:]))
         if self.cfg.loss.kind == "l2":
             return l2_regression(out.float() * AB_SCALE, ab, batch.has_color)
-        idx, wts = C.soft_encode_sparse(ab, self.neighbours, self.sigma)
-        v = self.class_weights.to(ab.dtype)[idx[:, :1]]  # Eq. 3: weight of the nearest bin (the target's argmax)
+        idx, wts, v = self.targets(ab)
         return rebalanced_cross_entropy(out, idx, wts, v, batch.has_color)
 
     # -- prediction ----------------------------------------------------------------------------------------------

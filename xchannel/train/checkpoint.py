@@ -5,7 +5,9 @@ A checkpoint is ``ckpt_<step>.pt`` in the run folder, a dict of tensors and plai
 ``hparams``, ``state_dict``), ``optimizer``, ``scheduler``, ``step``, ``rng`` (torch, numpy and Python RNG
 states, the latter two encoded as tensors/lists), ``sampler`` (epoch and position) and ``config``.
 Writes go through a temporary file and a rename, so a SIGKILL during a write leaves the previous checkpoints as they
-were; a file that does not load (a torn copy from elsewhere) is skipped with a warning and the next older is used.
+were (the killed write's temporary ``.ckpt_<step>.pt.*.tmp`` is never taken for a checkpoint, and the next save
+deletes it); a file that does not load (a torn copy from elsewhere, or a pickle that would run code) is skipped with
+a warning and the next older is used.
 """
 
 from __future__ import annotations
@@ -40,10 +42,14 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 3) -> Path:
+    """Write ``ckpt_<step>.pt`` atomically, then delete all but the ``keep`` newest checkpoints and any temporary
+    file that a killed earlier write left behind (only one process writes a run's checkpoints)."""
     path = checkpoint_path(run_dir, step)
     atomic_torch_save(state, path)
     for _, old in list_checkpoints(run_dir)[keep:]:
         old.unlink(missing_ok=True)
+    for stale in Path(run_dir).glob(".ckpt_*.pt.*.tmp"):  # see xchannel.utils.io.atomic_write's temporary names
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -243,7 +243,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
     val_set = None
     if cfg.data.val:
         val_set = open_images(cfg.data.val, ResizeCenterCrop(cfg.data.crop, resize=cfg.data.crop))
-    skips = SkipCounter()
+    skips, val_skips = SkipCounter(), SkipCounter()
     metrics_path = run_dir / "metrics.jsonl"
     last_val: dict = {}
     first_loss = last_loss = None
@@ -292,7 +292,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
                 append_jsonl(metrics_path, {"step": step, "loss": loss_v, "lr": scheduler.get_last_lr()[0],
                                             "images_per_s": rate, "skipped": skips.skipped, "time": time.time()})
             if world.is_main and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                last_val = _validate(task, model, val_set, cfg, run_dir, step)
+                last_val = _validate(task, model, val_set, cfg, run_dir, step, val_skips)
                 append_jsonl(metrics_path, {"step": step, "val": last_val, "time": time.time()})
             interrupted = _agree(stop.signal is not None, device, world)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupted:
@@ -305,8 +305,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
     bar.close()
     summary = {"status": status, "step": step, "steps": cfg.steps, "first_loss": first_loss, "last_loss": last_loss,
                "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "val": last_val,
-               "data": skips.summary(), "device": str(device), "world_size": world.world_size,
-               "checkpoint": str(ckpt.checkpoint_path(run_dir, step)), "xchannel": __version__}
+               "data": skips.summary(), "val_data": val_skips.summary(), "device": str(device),
+               "world_size": world.world_size, "checkpoint": str(ckpt.checkpoint_path(run_dir, step)),
+               "xchannel": __version__}
     if world.is_main:
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
@@ -332,12 +333,13 @@ def _save(run_dir: Path, step: int, model, optimizer, scheduler, cfg: TrainConfi
     ckpt.save_checkpoint(run_dir, step, state, keep=cfg.keep_checkpoints)
 
 
-def _validate(task, model, val_set, cfg: TrainConfig, run_dir: Path, step: int) -> dict:
-    # the same evenly spaced images every time, so that all classes of a sorted ImageFolder are represented
+def _validate(task, model, val_set, cfg: TrainConfig, run_dir: Path, step: int, skips: SkipCounter) -> dict:
+    # the same evenly spaced images every time, so that all classes of a sorted ImageFolder are represented;
+    # bad ones are skipped, counted and named like the training set's (the summary's "val_data")
     n = min(cfg.data.val_images, len(val_set))
     subset = torch.utils.data.Subset(val_set, np.linspace(0, len(val_set) - 1, n).round().astype(int).tolist())
     loader = _loader(subset, min(cfg.data.batch_size, 16), 0)
-    good = (b["image"] for b in loader if "image" in b)
+    good = (b["image"] for b in loader if skips.update(b))
     return task.validate(model, good, run_dir / "samples", step, cfg.data.val_images)
 
 

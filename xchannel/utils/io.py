@@ -8,6 +8,7 @@ flushed and fsync'ed, then renamed over the target (``os.replace`` is atomic on 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -38,10 +39,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno == 28:  # ENOSPC
-            raise OSError(err.errno, f"no space left on device while writing {path}; the previous version "
+        if isinstance(err, OSError) and err.errno in _FULL_DISK:
+            raise OSError(err.errno, f"{_FULL_DISK[err.errno]} while writing {path}; the previous version "
                                      f"of the file (if any) is unchanged") from err
         raise
+
+
+#: errno of a full disk -> what the message says (a quota is a full disk for the user who hits it).
+_FULL_DISK = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
 
 def _umask() -> int:
@@ -101,6 +106,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line (metrics logs); a line is written with one ``write`` call."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
+    """Append one JSON line (metrics logs); a line is written with one ``write`` call.
+
+    On a full disk the lines already written stay (a reader skips a cut last line) and the error names the file.
+    """
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+    except OSError as err:
+        if err.errno in _FULL_DISK:
+            raise OSError(err.errno, f"{_FULL_DISK[err.errno]} while appending to {path}; the lines written "
+                                     f"before are kept") from err
+        raise

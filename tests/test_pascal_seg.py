@@ -1,0 +1,159 @@
+"""FCN-32s segmentation on PASCAL VOC (Table 2, % mIU).
+
+What is checked, and why it would fail on a wrong implementation:
+
+* the output has the input's size for odd, tiny and large inputs (100 px padding, Caffe's rounded-up pools, the
+  crop at the coord_map offset: 18 px for FCN's AlexNet net with its 63 px kernel, 18.5 exactly with 64 px), also
+  for an encoder without fc layers (a timm ResNet);
+* the 64 x 64 stride-32 upsampling starts as bilinear interpolation: its kernel equals
+  (1 - |i - 31.5| / 32)(1 - |j - 31.5| / 32) on the diagonal channel pairs, zero elsewhere, and it reproduces a
+  constant map exactly (the taps of each phase sum to 1);
+* fc6/fc7 as convolutions compute exactly the trunk's fc6/fc7 at 227 px;
+* pixels labelled 255 neither count in the loss nor receive a gradient; the loss is the mean over labelled pixels;
+* the SBD-augmented training set is SBD train + val + VOC train minus VOC val, with SBD's .mat masks read;
+* end to end on a generated VOCdevkit: the JSON holds mean IU and pixel accuracy (consistent with the per-class
+  IU), the Table 2 column and the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xchannel.data.synthetic import SyntheticSpec, make_dataset
+from xchannel.data.voc import load_mask, read_image_set
+from xchannel.features.encoders import load_encoder
+from xchannel.pascal.common import RescaleConfig, build_trunk
+from xchannel.pascal.segmentation import (FCN32s, SBDAugmented, bilinear_kernel, run_task, segmentation_loss)
+from xchannel.pascal.segmentation import Config as SegConfig
+
+WIDTH_SPEC = "gaussian:width=0.125"
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("voc")
+    make_dataset(out, SyntheticSpec(voc_trainval=12, voc_test=0, classes=2, train_per_class=2, val_per_class=1,
+                                    size=64, voc2012=True))
+    return out / "VOCdevkit"
+
+
+@pytest.fixture(scope="module")
+def fcn() -> FCN32s:
+    return FCN32s(build_trunk(load_encoder(WIDTH_SPEC, "gray", seed=1))).eval()
+
+
+def test_output_size_equals_input_size(fcn: FCN32s) -> None:
+    assert fcn.stride == 32 and fcn.offset_exact == 18.5 and fcn.offset == 18
+    with torch.no_grad():
+        for h, w in [(1, 1), (37, 53), (64, 96), (227, 227), (250, 181)]:
+            y = fcn(torch.rand(1, 1, h, w) * 100)
+            assert y.shape == (1, 21, h, w), (h, w)
+    fcn63 = FCN32s(build_trunk(load_encoder(WIDTH_SPEC, "gray", seed=1)), upsample_kernel=63)
+    assert fcn63.offset_exact == 18.0  # the crop of FCN's voc-fcn-alexnet net
+
+
+def test_generic_encoder_head_covers_the_input() -> None:
+    """A timm network (no fc6/fc7): score and 2s x 2s upsampling on its deepest map (stride s = 32)."""
+    encoder = load_encoder("timm:resnet10t", "rgb", seed=0)
+    net = FCN32s(build_trunk(encoder)).eval()
+    assert net.generic and net.stride == 32 and net.upscore.kernel_size == (64, 64) and net.offset == 16
+    with torch.no_grad():
+        for h, w in [(37, 53), (64, 96)]:
+            assert net(encoder.prepare(torch.rand(1, 3, h, w))).shape == (1, 21, h, w)
+
+
+def test_upsampling_is_bilinear(fcn: FCN32s) -> None:
+    w = fcn.upscore.weight
+    assert w.shape == (21, 21, 64, 64) and fcn.upscore.stride == (32, 32) and not w.requires_grad
+    i = torch.arange(64, dtype=torch.float64)
+    r = 1 - (i - 31.5).abs() / 32
+    formula = (r[:, None] * r[None, :]).float()
+    assert torch.equal(bilinear_kernel(64), formula)
+    eye = torch.eye(21, dtype=torch.bool)
+    assert all(torch.equal(w[c, c], formula) for c in range(21))
+    assert w[~eye].abs().max() == 0
+    with torch.no_grad():  # interpolation of a constant is that constant (away from the borders)
+        up = fcn.upscore(torch.full((1, 21, 5, 5), 3.0))
+    assert torch.allclose(up[..., 32:-32, 32:-32], torch.tensor(3.0), atol=1e-5)
+    assert fcn.score.weight.abs().max() == 0 and fcn.score.bias.abs().max() == 0  # FCN's zero-initialised score
+
+
+def test_fc_layers_as_convolutions_equal_the_fc_layers() -> None:
+    encoder = load_encoder(WIDTH_SPEC, "gray", seed=2)
+    trunk = build_trunk(encoder).eval()
+    net = FCN32s(trunk).eval()  # its layers run here without the padding
+    x = encoder.prepare(torch.rand(2, 3, 227, 227))
+    with torch.no_grad():
+        dense = net.fc7(net.fc6(net.features(trunk.normalize(x))))
+        assert dense.shape[-2:] == (1, 1)
+        assert torch.allclose(dense[:, :, 0, 0], trunk(x), rtol=1e-4, atol=1e-5)
+
+
+def test_void_pixels_are_ignored() -> None:
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(1, 21, 6, 7, generator=gen, requires_grad=True)
+    mask = torch.randint(0, 21, (1, 6, 7), generator=gen)
+    mask[0, :2] = 255
+    loss = segmentation_loss(scores, mask)
+    valid = mask != 255
+    logp = torch.log_softmax(scores, 1).detach()
+    manual = -logp.gather(1, mask.clamp(max=20)[:, None])[:, 0][valid].mean()
+    assert float(loss.detach()) == pytest.approx(float(manual), rel=1e-6)
+    loss.backward()
+    assert scores.grad[0, :, :2].abs().max() == 0 and scores.grad[0, :, 2:].abs().max() > 0
+    other = scores.detach().clone()
+    other[0, :, :2] = torch.randn(21, 2, 7, generator=gen) * 50  # change the void pixels' scores
+    assert float(segmentation_loss(other, mask)) == pytest.approx(float(loss.detach()), rel=1e-6)
+    assert float(segmentation_loss(scores.detach(), torch.full_like(mask, 255))) == 0.0
+
+
+def test_sbd_augmented_training_set(voc: Path, tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    train = read_image_set(voc, 2012, "train", "Segmentation")
+    val = read_image_set(voc, 2012, "val", "Segmentation")
+    sbd = tmp_path / "dataset"
+    (sbd / "cls").mkdir(parents=True)
+    sbd_train, sbd_val = val[:2] + train[:1], val[2:3]  # SBD overlaps both VOC splits, as the real one does
+    for i in sbd_train + sbd_val:
+        seg = load_mask(voc / "VOC2012" / "SegmentationClass" / f"{i}.png").copy()
+        seg[seg == 255] = 0  # SBD masks have no void
+        savemat(sbd / "cls" / f"{i}.mat", {"GTcls": {"Segmentation": seg, "Boundaries": np.zeros(1)}})
+    (sbd / "train.txt").write_text("\n".join(sbd_train) + "\n")
+    (sbd / "val.txt").write_text("\n".join(sbd_val) + "\n")
+    ds = SBDAugmented(voc, sbd)
+    assert ds.ids == sorted(set(train) | set(sbd_train + sbd_val) - set(val))
+    assert ds.counts["removed_val"] == 3
+    # an id only SBD has would be read from its .mat: drop the PNG of a training id to exercise that path
+    png = voc / "VOC2012" / "SegmentationClass" / f"{train[0]}.png"
+    original = load_mask(png)
+    png.rename(png.with_suffix(".bak"))
+    try:
+        item = ds[ds.ids.index(train[0])]
+    finally:
+        png.with_suffix(".bak").rename(png)
+    expect = original.astype(np.int64)
+    expect[expect == 255] = 0
+    assert torch.equal(item["mask"], torch.from_numpy(expect))
+
+
+def test_end_to_end_writes_mean_iu_and_pixel_accuracy(voc: Path, tmp_path: Path) -> None:
+    cfg = SegConfig(encoder=WIDTH_SPEC, input_mode="color", ab_branch=True, voc=str(voc), out=str(tmp_path / "s.json"),
+                    progress=False, log_every=1, rescale=RescaleConfig(images=3), device="cpu")
+    cfg.optim.iterations, cfg.optim.iter_size, cfg.optim.lr = 2, 2, 1e-3
+    result = run_task(cfg)
+    on_disk = json.loads((tmp_path / "s.json").read_text())
+    assert on_disk["task"] == "segmentation" and on_disk["table2_column"] == "seg"
+    m = on_disk["metrics"]
+    assert 0 <= m["mean_iu"] <= 100 and 0 <= m["pixel_accuracy"] <= 100
+    ius = [v for v in m["iu"].values() if v is not None]
+    assert m["mean_iu"] == pytest.approx(np.mean(ius)) and on_disk["headline"]["value"] == m["mean_iu"]
+    assert on_disk["data"]["val"]["evaluated"] == len(read_image_set(voc, 2012, "val", "Segmentation"))
+    assert on_disk["protocol"]["network"]["crop_offset"] == 18 and on_disk["protocol"]["ab_branch"]
+    assert [s["step"] for s in on_disk["encoder"]["preparation"]] == ["rescale", "ab_branch"]
+    assert "conv1_ab" in on_disk["encoder"]["trunk"]["groups"] and len(result["history"]) == 2

@@ -1,0 +1,620 @@
+"""PASCAL VOC2012 semantic segmentation with FCN-32s (Table 2, "Segmentation (% mIU)").
+
+The paper tests "semantic segmentation on PASCAL VOC 2012, using the FCN architecture of [42] (Long, Shelhamer,
+Darrell), following the protocol in [10] (Pathak et al.)" (Sec. 3.2). The network (:class:`FCN32s`):
+
+* the encoder's conv1 ... pool5 run on the image zero-padded by 100 pixels on every side (FCN's ``pad: 100`` on
+  conv1, so that every output pixel has a prediction whatever the image size), with Caffe's pool rounding (output
+  sizes rounded up, :func:`ceil_mode_pools`);
+* fc6 and fc7 as convolutions (a 6x6 and a 1x1 convolution carrying the fc weights, with their ReLUs and dropout
+  0.5; :meth:`~xchannel.pascal.common.Trunk.fc_as_convolutions`);
+* ``score``: a 21-way 1x1 convolution (background + 20 classes), zero-initialised (Caffe's default filler, as in
+  FCN);
+* ``upscore``: a 64x64 transposed convolution of stride 32 initialised to bilinear interpolation (FCN's
+  ``upsample_filt``: ``(1 - |x - c| / f) (1 - |y - c| / f)`` with ``f = ceil(k / 2)``, ``c = f - 1`` for odd ``k``
+  and ``f - 1/2`` for even ``k``, on the diagonal of the 21 x 21 channel pairs), kept fixed like FCN-32s's;
+* a crop of the upsampled map back to the input size at the offset that puts each output pixel over its input
+  pixel (Caffe's ``coord_map`` arithmetic through every layer, :func:`crop_offset`). For the CaffeNet layers the
+  exact offset with a 64-px kernel is 18.5: the crop starts at 18, i.e. predictions sit half a pixel off (FCN's
+  own AlexNet net uses a 63-px kernel, offset exactly 18; ``upsample_kernel=63`` gives that).
+
+Training: per-pixel softmax cross-entropy, pixels labelled 255 ("void") ignored, averaged over the labelled pixels
+of each image; whole images, one at a time, with gradients accumulated over ``iter_size`` images per update; SGD
+momentum 0.9, weight decay 5e-4, fixed learning rate 1e-4 (the solver of FCN's AlexNet net; biases of ``score``
+at twice the rate without decay). Data: VOC2012 ``train`` -> ``val``, or with ``data.sbd`` the SBD-augmented set
+(SBD train + val + VOC2012 train, minus VOC2012 val: DeepLab's ``train_aug``, 10,582 images on the real data).
+Testing: whole val images, argmax of the 21 scores; the confusion matrix gives the mean IU over the 21 classes
+(FCN's ``score.py``, :mod:`xchannel.metrics.segmentation`) and the pixel accuracy.
+
+With color input, ``ab_branch`` splits conv1 into the L convolution and a separate zero-initialised ab branch, as
+in the authors' color segmentation nets (:class:`~xchannel.pascal.common.SplitInputConv`). Encoders without
+fc6/fc7 (timm networks, the VGG colorizer) get the score and upsampling layers on their deepest map (see
+:class:`FCN32s`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from xchannel.data.images import BadImageError, Skipped, SkipCounter, ToTensor, collate_skip_lists, load_rgb
+from xchannel.data.voc import (IGNORE_INDEX, VOC_CLASSES, PairedCropMirror, VOCSegmentation, load_mask,
+                               read_image_set, resolve_root)
+from xchannel.errors import UserError
+from xchannel.metrics.segmentation import ConfusionMatrix
+from xchannel.pascal.common import (PreparedEncoder, RescaleConfig, Trunk, add_common_arguments,
+                                    add_preset_argument, autocast, caffe_param_groups, check_finite, clip_gradients,
+                                    config_from_args, dataset_name, default_output, endless_batches,
+                                    prepare_encoder, preset_config, resolve_device, result_record, set_lr,
+                                    set_train_mode, step_lr, trainable_parameters, write_result)
+from xchannel.utils.io import atomic_torch_save
+
+NAME = "seg"
+HELP = "VOC2012 segmentation with FCN-32s (Table 2, % mean IU)"
+NUM_CLASSES = len(VOC_CLASSES) + 1  # background + 20
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class SegData:
+    """Splits and training crops. ``train_crop`` 0 trains on whole images (FCN); > 0 on random crops of that side
+    (padded with void, mirrored; :class:`~xchannel.data.voc.PairedCropMirror`), which allows batches."""
+
+    year: str = "2012"
+    train_split: str = "train"
+    val_split: str = "val"
+    sbd: str = ""
+    train_crop: int = 0
+    workers: int = 0
+
+
+@dataclass
+class SegOptim:
+    """FCN's AlexNet solver: SGD, fixed lr 1e-4, momentum 0.9, weight decay 5e-4, 20 images per update."""
+
+    iterations: int = 100_000
+    batch_size: int = 1
+    iter_size: int = 20
+    lr: float = 1e-4
+    lr_step: int = 0
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    clip_gradients: float = 0.0
+    score_bias_lr_mult: float = 2.0
+    ab_lr_mult: float = 1.0
+
+
+@dataclass
+class Config:
+    """One segmentation run (saved in its result JSON)."""
+
+    encoder: str = "gaussian"
+    input_mode: Literal["gray", "color", "rgb"] | None = None
+    ab_branch: bool = False
+    voc: str = ""
+    pad: int = 100
+    upsample_kernel: int = 64
+    learn_upsampling: bool = False
+    dropout: float = 0.5
+    rescale: RescaleConfig = field(default_factory=RescaleConfig)
+    optim: SegOptim = field(default_factory=SegOptim)
+    data: SegData = field(default_factory=SegData)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = True
+    seed: int = 0
+    device: str = "auto"
+    out: str = ""
+    save_model: bool = False
+    log_every: int = 200
+    progress: bool = True
+
+    def validate(self) -> None:
+        problems = []
+        if not self.voc:
+            problems.append("voc is not set: give the VOCdevkit folder (--voc)")
+        o = self.optim
+        if o.iterations < 1 or o.batch_size < 1 or o.iter_size < 1:
+            problems.append(f"optim.iterations, batch_size and iter_size must be >= 1 (got {o.iterations}, "
+                            f"{o.batch_size}, {o.iter_size})")
+        if not o.lr > 0:
+            problems.append(f"optim.lr must be > 0 (got {o.lr})")
+        if self.data.train_crop == 0 and o.batch_size != 1:
+            problems.append("whole-image training (data.train_crop=0) takes one image per forward pass: set "
+                            "optim.batch_size=1 and use optim.iter_size to accumulate")
+        if self.pad < 0 or self.upsample_kernel < 1:
+            problems.append(f"pad must be >= 0 and upsample_kernel >= 1 (got {self.pad}, {self.upsample_kernel})")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if problems:
+            raise UserError("segmentation config: " + "; ".join(problems))
+
+
+#: Named configurations (``--preset``), as overrides of the defaults. ``paper``: FCN's solver as published.
+#: ``demo``: the embedded data set (50 train images of ~160 px) in well under a minute on 2 CPU cores: 30
+#: updates of 2 whole images at a higher learning rate, 8 images for the rescaling.
+PRESETS: dict[str, list[str]] = {
+    "paper": [],
+    "demo": ["optim.iterations=30", "optim.iter_size=2", "optim.lr=0.003", "rescale.images=8", "log_every=10"],
+}
+
+
+def config(preset: str = "paper", overrides: tuple[str, ...] | list[str] = (), **fields: Any) -> Config:
+    """The configuration of ``preset`` with ``key=value`` overrides and top-level fields, e.g.
+    ``config("demo", voc=..., encoder=..., input_mode="color", out=...)``."""
+    return preset_config(Config, PRESETS, preset, overrides, **fields)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FCN-32s
+
+
+def bilinear_kernel(size: int) -> torch.Tensor:
+    """FCN's ``upsample_filt(size)``: the size x size kernel of bilinear interpolation for upsampling by
+    ``ceil(size / 2)``: ``(1 - |i - c| / f) (1 - |j - c| / f)``, ``f = ceil(size / 2)``, ``c = f - 1`` (odd size)
+    or ``f - 0.5`` (even size)."""
+    f = (size + 1) // 2
+    c = f - 1 if size % 2 == 1 else f - 0.5
+    r = 1 - (torch.arange(size, dtype=torch.float64) - c).abs() / f
+    return (r[:, None] * r[None, :]).float()
+
+
+def _pair(v: Any) -> int:
+    if isinstance(v, (tuple, list)):
+        if len(set(v)) != 1:
+            raise UserError(f"FCN geometry: non-square layer parameter {v}")
+        return int(v[0])
+    if isinstance(v, str):
+        raise UserError(f"FCN geometry: padding {v!r} is not supported")
+    return int(v)
+
+
+def crop_offset(layers: list[nn.Module], pad: int, fc_kernels: tuple[int, ...], up_kernel: int,
+                up_stride: int) -> tuple[float, int]:
+    """Where the upsampled map sits over the input (Caffe's ``coord_map``): returns (exact offset, stride).
+
+    A layer with kernel k (dilation d: extent k' = d (k - 1) + 1), stride s and padding p maps its output
+    coordinate u to the centre ``s u + (k' - 1) / 2 - p`` of its window in its input; composing these from the
+    (padded) image through the conv layers and the fc convolutions gives ``x = A u + B``. The transposed
+    convolution (kernel K, stride S) places input cell u at output ``S u + (K - 1) / 2``. With ``S = A`` the
+    upsampled map's pixel v lies over image pixel ``v - offset``: the output is cropped from ``offset``.
+    """
+    a, b = 1.0, -float(pad)
+    for m in layers:
+        k, s = _pair(m.kernel_size), _pair(m.stride)
+        p, d = _pair(m.padding), _pair(getattr(m, "dilation", 1))
+        b += a * ((d * (k - 1) + 1 - 1) / 2 - p)
+        a *= s
+    for k in fc_kernels:
+        b += a * (k - 1) / 2
+    if int(a) != up_stride:
+        raise UserError(f"FCN: the encoder's total stride is {a:g}, the upsampling stride {up_stride}")
+    b -= (up_kernel - 1) / 2
+    return -b, int(a)
+
+
+def ceil_mode_pools(stages: nn.Sequential) -> nn.Sequential:
+    """The same stages with every max pool rounding its output size up, as Caffe's pools do (FCN's nets are Caffe
+    nets): a new ``Sequential`` sharing every other module. With floor rounding a pool drops a partial last
+    window, and the padded FCN output could fall short of the input's extent."""
+    def convert(module: nn.Module) -> nn.Module:
+        if isinstance(module, nn.MaxPool2d):
+            return nn.MaxPool2d(module.kernel_size, module.stride, module.padding, module.dilation,
+                                ceil_mode=True)
+        if isinstance(module, nn.Sequential) and any(isinstance(m, nn.MaxPool2d) for m in module.modules()):
+            return nn.Sequential(OrderedDict((n, convert(m)) for n, m in module.named_children()))
+        return module
+
+    return convert(stages)
+
+
+class FCN32s(nn.Module):
+    """FCN-32s on a :class:`~xchannel.pascal.common.Trunk` (module docstring). Input: the encoder's prepared
+    image (N x C x H x W, any size); output: N x 21 x H x W scores.
+
+    Submodules: ``features`` (the trunk's convolutional stages, shared with it), ``fc6``, ``fc7`` (convolutional
+    copies of the trunk's fc layers), ``drop7``, ``score``, ``upscore``. ``offset_exact`` is the sub-pixel crop
+    offset, ``offset`` the integer one used.
+
+    Encoders without fc6/fc7 (timm networks, the VGG colorizer: a "generic" trunk) get the same head on their
+    deepest map, of stride s (measured): the image is zero-padded on the right and bottom to a multiple of s, the
+    score map is upsampled by a 2s x 2s bilinear transposed convolution of stride s, and the crop offset is s / 2,
+    which assumes "same"-padded layers (map cell i centred on input pixel s i + (s - 1) / 2, as in ResNets).
+    """
+
+    def __init__(self, trunk: Trunk, num_classes: int = NUM_CLASSES, pad: int = 100, upsample_kernel: int = 64,
+                 learn_upsampling: bool = False, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.generic = trunk.kind == "generic"
+        self._normalize = trunk.normalize
+        if self.generic:
+            if not trunk.stride or trunk.stride % 2:
+                raise UserError(f"FCN-32s: cannot tell an even stride of this encoder's deepest map (measured "
+                                f"{trunk.stride}); use an AlexNet-family encoder")
+            self.features = trunk.conv
+            self.fc6, self.fc7 = nn.Identity(), nn.Identity()
+            width, stride = trunk.conv_dim, trunk.stride
+            upsample_kernel, pad = 2 * stride, 0
+        else:
+            if not trunk.has_fc:
+                raise UserError(f"FCN-32s: encoder ({trunk.kind}) has no fc6/fc7 to convolutionalise")
+            self.features = ceil_mode_pools(trunk.dense_stages())
+            fc = trunk.fc_as_convolutions()
+            self.fc6, self.fc7 = fc["fc6"], fc["fc7"]
+            width = trunk.fc_dim
+            layers = trunk.spatial_layers()
+            stride = math.prod(_pair(m.stride) for m in layers)
+        self.drop7 = nn.Dropout(dropout)
+        self.score = nn.Conv2d(int(width), num_classes, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+        self.upscore = nn.ConvTranspose2d(num_classes, num_classes, upsample_kernel, stride=stride, bias=False)
+        with torch.no_grad():
+            self.upscore.weight.zero_()
+            kernel = bilinear_kernel(upsample_kernel)
+            for c in range(num_classes):
+                self.upscore.weight[c, c] = kernel
+        self.upscore.weight.requires_grad_(learn_upsampling)
+        if self.generic:
+            self.offset_exact, self.stride = stride / 2, stride
+        else:
+            fc_kernels = tuple(_pair(m.kernel_size) for m in (*self.fc6.modules(), *self.fc7.modules())
+                               if isinstance(m, nn.Conv2d))
+            self.offset_exact, self.stride = crop_offset(layers, pad, fc_kernels, upsample_kernel, stride)
+        if self.offset_exact < 0:
+            raise UserError(f"FCN: negative crop offset {self.offset_exact}; increase pad")
+        self.offset = int(math.floor(self.offset_exact))
+        self.pad = int(pad)
+        param = next(trunk.parameters())
+        self.score.to(param.device, param.dtype)
+        self.upscore.to(param.device, param.dtype)
+
+    def describe(self) -> dict[str, Any]:
+        """The network's geometry, for the result's protocol."""
+        k = self.upscore.kernel_size[0]
+        return {"kind": "generic (deepest tap, 'same'-padding assumed)" if self.generic else "AlexNet family",
+                "pad": self.pad if not self.generic else f"right/bottom to a multiple of {self.stride}",
+                "fc6": "none" if self.generic else "6x6 convolution (fc6 weights)",
+                "fc7": "none" if self.generic else "1x1 convolution (fc7 weights)",
+                "score": f"1x1 convolution, {self.score.out_channels} classes, zero-initialised",
+                "upscore": f"{k}x{k} transposed convolution, stride {self.stride}, bilinear, "
+                           f"{'learned' if self.upscore.weight.requires_grad else 'fixed'}",
+                "crop_offset": self.offset, "crop_offset_exact": self.offset_exact,
+                "alignment_error_px": self.offset_exact - self.offset}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = self._normalize(x)
+        if self.generic:
+            s = self.stride
+            x = F.pad(x, (0, (-w) % s, 0, (-h) % s))
+        elif self.pad:
+            x = F.pad(x, (self.pad,) * 4)  # zeros in normalised units, as Caffe pads conv1's input
+        x = self.fc7(self.fc6(self.features(x)))
+        up = self.upscore(self.score(self.drop7(x)))
+        o = self.offset
+        if up.shape[-2] < o + h or up.shape[-1] < o + w:
+            raise RuntimeError(f"FCN: upsampled map {tuple(up.shape[-2:])} does not cover the {h}x{w} input at "
+                               f"offset {o}; increase pad")
+        return up[..., o: o + h, o: o + w]
+
+    def param_groups(self, o: SegOptim) -> list[dict]:
+        """Caffe-style groups: every layer at lr_mult 1 (weights and biases, as FCN's copied layers), the ab
+        branch (if any) at ``ab_lr_mult``, ``score`` biases at ``score_bias_lr_mult`` without decay."""
+        ab = [m for n, m in self.features.named_modules() if n.endswith("ab_conv")]
+        ab_ids = {id(p) for m in ab for p in m.parameters()}
+        rest = nn.ModuleList([m for m in (self.features, self.fc6, self.fc7, self.upscore)])
+        groups = [g for g in caffe_param_groups([(m, o.ab_lr_mult) for m in ab], o.weight_decay, bias_lr_mult=1.0)]
+        body = [p for p in rest.parameters() if p.requires_grad and id(p) not in ab_ids]
+        weights = [p for p in body if p.ndim > 1]
+        biases = [p for p in body if p.ndim == 1]
+        if weights:
+            groups.append({"params": weights, "lr_mult": 1.0, "weight_decay": o.weight_decay})
+        if biases:
+            groups.append({"params": biases, "lr_mult": 1.0, "weight_decay": o.weight_decay})
+        groups += caffe_param_groups([(self.score, 1.0)], o.weight_decay, bias_lr_mult=o.score_bias_lr_mult,
+                                     bias_decay_mult=0.0)
+        return groups
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data: VOC2012 and the SBD-augmented training set
+
+
+def _load_sbd_mask(path: Path) -> np.ndarray:
+    """SBD's ``cls/<id>.mat``: ``GTcls.Segmentation`` (H x W class indices 0..20)."""
+    from scipy.io import loadmat
+
+    if not path.is_file():
+        raise UserError(f"{path}: SBD mask not found")
+    try:
+        mat = loadmat(str(path))
+        seg = np.asarray(mat["GTcls"][0]["Segmentation"][0], dtype=np.int64)
+    except (KeyError, IndexError, ValueError, OSError, NotImplementedError) as err:
+        raise UserError(f"{path}: not an SBD class mask (GTcls.Segmentation): {type(err).__name__}: {err}") from None
+    bad = (seg > len(VOC_CLASSES)) & (seg != IGNORE_INDEX) | (seg < 0)
+    if bad.any():
+        raise UserError(f"{path}: mask values {sorted(set(np.unique(seg[bad]).tolist()))[:10]} are not class indices")
+    return seg.astype(np.uint8)
+
+
+class SBDAugmented(Dataset):
+    """The SBD-augmented training set: (SBD train ∪ SBD val ∪ VOC2012 seg train) minus VOC2012 seg val.
+
+    ``sbd_root`` is SBD's ``dataset`` folder (``img/``, ``cls/``, ``train.txt``, ``val.txt``). Masks come from
+    VOC2012's ``SegmentationClass`` PNG where one exists (with its void borders) and from SBD's ``cls/<id>.mat``
+    otherwise; images from VOC2012's ``JPEGImages``, else SBD's ``img/``. Items as
+    :class:`~xchannel.data.voc.VOCSegmentation`'s.
+    """
+
+    def __init__(self, voc_root: str | Path, sbd_root: str | Path, year: str = "2012", voc_train: str = "train",
+                 voc_val: str = "val", transforms: Any = None) -> None:
+        self.voc = resolve_root(voc_root, year)
+        self.sbd = Path(sbd_root)
+        if not (self.sbd / "cls").is_dir():
+            raise UserError(f"{self.sbd}: not SBD's dataset folder (no cls/ folder of .mat masks)")
+        sbd_ids: list[str] = []
+        for name in ("train.txt", "val.txt"):
+            path = self.sbd / name
+            if not path.is_file():
+                raise UserError(f"{path}: SBD image list not found")
+            sbd_ids += [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        voc_ids = read_image_set(voc_root, year, voc_train, "Segmentation")
+        held_out = set(read_image_set(voc_root, year, voc_val, "Segmentation"))
+        self.sbd_ids = set(sbd_ids)
+        self.ids = sorted((set(sbd_ids) | set(voc_ids)) - held_out)
+        self.transforms = transforms
+        self.counts = {"sbd": len(set(sbd_ids)), "voc_train": len(voc_ids), "removed_val": len(held_out &
+                       (set(sbd_ids) | set(voc_ids))), "total": len(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _image_path(self, i: str) -> Path:
+        voc = self.voc / "JPEGImages" / f"{i}.jpg"
+        return voc if voc.is_file() else self.sbd / "img" / f"{i}.jpg"
+
+    def __getitem__(self, index: int) -> dict | Skipped:
+        i = self.ids[index]
+        path = self._image_path(i)
+        try:
+            img = load_rgb(path)
+        except BadImageError as err:
+            return Skipped(index, err.path, err.reason)
+        png = self.voc / "SegmentationClass" / f"{i}.png"
+        mask = load_mask(png) if png.is_file() else _load_sbd_mask(self.sbd / "cls" / f"{i}.mat")
+        if mask.shape != (img.height, img.width):
+            raise UserError(f"mask of {i} is {mask.shape[1]}x{mask.shape[0]} but {path} is {img.width}x{img.height}")
+        if self.transforms is not None:
+            image, mask_t = self.transforms(img, Image.fromarray(mask, "L"))
+        else:
+            image, mask_t = ToTensor()(img), torch.from_numpy(mask.astype(np.int64))
+        return {"image": image, "mask": mask_t, "index": index, "id": i, "path": str(path)}
+
+
+def training_set(cfg: Config) -> Dataset:
+    d = cfg.data
+    transforms = PairedCropMirror(d.train_crop, train=True) if d.train_crop else None
+    if d.sbd:
+        return SBDAugmented(cfg.voc, d.sbd, d.year, d.train_split, d.val_split, transforms)
+    return VOCSegmentation(cfg.voc, d.year, d.train_split, transforms)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loss and evaluation
+
+
+def segmentation_loss(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over the labelled pixels (255 ignored), averaged over them; 0 when none is labelled."""
+    valid = mask != IGNORE_INDEX
+    if not bool(valid.any()):
+        return scores.sum() * 0.0
+    return F.cross_entropy(scores.float(), mask, ignore_index=IGNORE_INDEX, reduction="sum") / valid.sum()
+
+
+@torch.no_grad()
+def evaluate(model: FCN32s, prepare: Any, dataset: VOCSegmentation, device: torch.device, precision: str = "fp32",
+             workers: int = 0, progress: bool = False, counter: SkipCounter | None = None) -> tuple[dict, int]:
+    """Whole-image predictions (argmax) on ``dataset``; returns the FCN scores (percent) and the image count."""
+    model.eval()
+    cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=collate_skip_lists)
+    counter = counter if counter is not None else SkipCounter()
+    n = 0
+    for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+        if counter.update(batch) == 0:
+            continue
+        for image, mask in zip(batch["image"], batch["mask"]):
+            x = prepare(image[None].to(device))
+            with autocast(device, precision):
+                scores = model(x)
+            cm.update(scores.float().argmax(1)[0].cpu(), mask)
+            n += 1
+    if n == 0:
+        raise UserError("segmentation: none of the validation images could be read")
+    s = cm.scores()
+    out = {"mean_iu": 100.0 * s.mean_iu, "pixel_accuracy": 100.0 * s.pixel_accuracy,
+           "mean_class_accuracy": 100.0 * s.mean_class_accuracy,
+           "frequency_weighted_iu": 100.0 * s.frequency_weighted_iu,
+           "iu": {c: (None if np.isnan(v) else 100.0 * v) for c, v in zip(("background", *VOC_CLASSES), s.iu)},
+           "classes_absent": [c for c, v in zip(("background", *VOC_CLASSES), s.iu) if np.isnan(v)],
+           "labelled_pixels": int(cm.matrix.sum()), "units": "percent",
+           "label": "FCN score.py: mean IU over the 21 classes present (nanmean), void (255) not counted"}
+    return out, n
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The task
+
+
+def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, Any]:
+    """Fine-tune FCN-32s and evaluate (module docstring); write the result JSON to ``cfg.out`` (default
+    ``results/pascal/seg_<encoder>_<input mode>.json``) and return it."""
+    cfg.validate()
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    d, o = cfg.data, cfg.optim
+    train_ds = training_set(cfg)
+    val_ds = VOCSegmentation(cfg.voc, d.year, d.val_split)
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise UserError(f"{cfg.voc}: VOC{d.year} segmentation training set has {len(train_ds)} and "
+                        f"{d.val_split} {len(val_ds)} images; both must be non-empty")
+
+    t0 = time.perf_counter()
+    if prepared is None:
+        prepared = prepare_encoder(cfg.encoder, cfg.input_mode, voc_root=cfg.voc, year=d.year,
+                                   split=d.train_split, rescale=cfg.rescale, seed=cfg.seed,
+                                   ab_branch=cfg.ab_branch, dropout=cfg.dropout, device=device,
+                                   image_set="Segmentation")
+    t_prepare = time.perf_counter() - t0
+    encoder = prepared.encoder
+    # the training stream (head init, crops, dropout) must not depend on how the encoder was built (loading
+    # and converting networks may draw from the global RNG)
+    torch.manual_seed(cfg.seed)
+    model = FCN32s(prepared.trunk, NUM_CLASSES, cfg.pad, cfg.upsample_kernel, cfg.learn_upsampling,
+                   cfg.dropout).to(device)
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory)
+    optimizer = torch.optim.SGD(model.param_groups(o), lr=o.lr, momentum=o.momentum)
+    params = trainable_parameters(model)
+
+    train_counter, val_counter = SkipCounter(), SkipCounter()
+    batches = endless_batches(train_ds, o.batch_size, cfg.seed, d.workers, collate=collate_skip_lists,
+                              counter=train_counter)
+    history: list[dict[str, Any]] = []
+    window = {"loss": 0.0, "n": 0}
+    images_seen = 0
+    t0 = time.perf_counter()
+    bar = tqdm(range(o.iterations), desc="seg", disable=not cfg.progress, leave=False)
+    for it in bar:
+        lr = step_lr(o.lr, it, o.lr_step, o.lr_gamma)
+        set_lr(optimizer, lr)
+        set_train_mode(model)
+        optimizer.zero_grad(set_to_none=True)
+        total, count = 0.0, 0
+        for _ in range(o.iter_size):
+            batch = next(batches)
+            images, masks = batch["image"], batch["mask"]
+            if d.train_crop:  # equal sizes: one forward pass for the batch
+                chunks = [(torch.stack(images), torch.stack(masks))]
+            else:
+                chunks = [(im[None], m[None]) for im, m in zip(images, masks)]
+            for im, m in chunks:
+                x = encoder.prepare(im.to(device)).contiguous(memory_format=memory)
+                m = m.to(device)
+                with autocast(device, cfg.precision):
+                    scores = model(x)
+                per_image = [segmentation_loss(scores[j: j + 1], m[j: j + 1]) for j in range(len(m))]
+                loss = torch.stack(per_image).sum() / (o.iter_size * o.batch_size)
+                check_finite(loss, it, "segmentation")
+                loss.backward()
+                total += float(loss.detach()) * o.iter_size * o.batch_size
+                count += len(per_image)
+                images_seen += len(per_image)
+        clip_gradients(params, o.clip_gradients)
+        optimizer.step()
+        window["loss"] += total / max(count, 1)
+        window["n"] += 1
+        if (it + 1) % max(1, cfg.log_every) == 0 or it + 1 == o.iterations:
+            history.append({"iteration": it + 1, "lr": lr, "loss": window["loss"] / window["n"],
+                            "seconds": round(time.perf_counter() - t0, 2)})
+            bar.set_postfix(loss=f"{window['loss'] / window['n']:.4f}")
+            window = {"loss": 0.0, "n": 0}
+    t_train = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    metrics, evaluated = evaluate(model, lambda rgb: encoder.prepare(rgb).contiguous(memory_format=memory), val_ds,
+                                  device, cfg.precision, d.workers, cfg.progress, val_counter)
+    t_eval = time.perf_counter() - t0
+
+    protocol = {
+        "name": "VOC2012 segmentation, FCN-32s (Long et al.; Pathak et al.'s protocol; the paper's Table 2)",
+        "train": (f"SBD-augmented (SBD train+val + VOC{d.year} {d.train_split} - VOC{d.year} {d.val_split})"
+                  if d.sbd else f"VOC{d.year} {d.train_split}"),
+        "test": f"VOC{d.year} {d.val_split}",
+        "network": model.describe(),
+        "loss": "softmax cross-entropy, 255 ignored, mean over labelled pixels per image",
+        "solver": {"type": "SGD", "momentum": o.momentum, "base_lr": o.lr,
+                   "lr_policy": "fixed" if o.lr_step <= 0 else f"step: x{o.lr_gamma} every {o.lr_step}",
+                   "images_per_update": o.batch_size * o.iter_size, "iterations": o.iterations,
+                   "weight_decay": o.weight_decay, "clip_gradients": o.clip_gradients},
+        "training_images": "whole images" if not d.train_crop else f"random {d.train_crop} px crops, mirrored",
+        "dropout": cfg.dropout, "input_mode": encoder.input_mode, "ab_branch": cfg.ab_branch,
+        "precision": cfg.precision, "channels_last": cfg.channels_last,
+        "paper_reference_miu": {"Ours (gray)": 35.0, "Ours (color)": 35.6},
+    }
+    data = {"name": dataset_name(cfg.voc), "voc": str(cfg.voc), "year": d.year,
+            "train": {"split": protocol["train"], "images": len(train_ds), "skipped": train_counter.summary(),
+                      **({"sbd_counts": train_ds.counts} if isinstance(train_ds, SBDAugmented) else {})},
+            "val": {"split": d.val_split, "images": len(val_ds), "evaluated": evaluated,
+                    "skipped": val_counter.summary()}}
+    result = result_record(
+        task="segmentation", column="seg", cfg=cfg, prepared=prepared, protocol=protocol, metrics=metrics,
+        headline={"metric": "mean_iu", "value": metrics["mean_iu"], "label": "VOC segmentation mean IU, %"},
+        data=data, history=history,
+        timing={"seconds": round(time.perf_counter() - t_start, 2), "prepare_seconds": round(t_prepare, 2),
+                "train_seconds": round(t_train, 2), "eval_seconds": round(t_eval, 2),
+                "train_images_per_s": round(images_seen / max(t_train, 1e-9), 2)})
+    out = cfg.out or str(default_output("seg", prepared.record.get("name", "encoder"), encoder.input_mode))
+    if cfg.save_model:
+        model_path = out[:-5] + ".pt" if out.endswith(".json") else out + ".pt"
+        atomic_torch_save({"state_dict": model.state_dict(), "config": result["config"]}, model_path)
+        result["model"] = model_path
+    write_result(out, result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line (``xchannel pascal seg``)
+
+DESCRIPTION = """\
+Fine-tune FCN-32s on an encoder (fc6/fc7 as convolutions, a 21-way score layer, a bilinear 64x64 stride-32
+upsampling) on VOC2012 train (or the SBD-augmented train with --sbd) and evaluate on VOC2012 val: mean IU over the
+21 classes and pixel accuracy. The encoder is rescaled first (Krähenbühl et al. 2016).
+
+  xchannel pascal seg runs/alexnet/ckpt_00450000.pt --voc VOCdevkit --input-mode color --ab-branch
+  xchannel pascal seg kmeans --voc VOCdevkit --sbd benchmark_RELEASE/dataset"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    add_preset_argument(p, PRESETS)
+    p.add_argument("--sbd", help="SBD's dataset folder: train on the SBD-augmented set")
+    p.add_argument("--ab-branch", action="store_true", default=None,
+                   help="color input: a separate zero-initialised ab branch on conv1")
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    return config_from_args(Config, args, {"sbd": "data.sbd", "ab_branch": "ab_branch"},
+                            preset=PRESETS[getattr(args, "preset", None) or "paper"])
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_task(config_from(args))
+    m = result["metrics"]
+    print(f"VOC{result['config']['data']['year']} segmentation ({result['encoder']['input_mode']}): mean IU "
+          f"{m['mean_iu']:.1f}, pixel accuracy {m['pixel_accuracy']:.1f}")
+    print(f"result: {result['output']}")
+    return 0
+
+
+__all__ = ["Config", "FCN32s", "PRESETS", "SBDAugmented", "SegData", "SegOptim", "add_arguments", "bilinear_kernel",
+           "ceil_mode_pools", "config", "crop_offset", "evaluate", "run", "run_task", "segmentation_loss",
+           "training_set"]

@@ -1,0 +1,217 @@
+"""Table 2 of the paper ("Task and Dataset Generalization on PASCAL"), published rows beside ours.
+
+Columns (:data:`xchannel.pascal.common.TABLE2_COLUMNS`): classification with fc8, fc6-8 or all layers fine-tuned
+(% mAP, VOC2007), detection (% mAP, VOC2007, Fast R-CNN) and segmentation (% mIU, VOC2012, FCN).
+
+* **Published rows**: the paper's Table 2 as stored, with its source, in ``benchmarks/published/table2.json``
+  (read with the loader of ``benchmarks/published``): ImageNet, Gaussian, Autoencoder, k-means, Agrawal et al.,
+  Wang & Gupta, Doersch et al.*, Pathak et al.*, Donahue et al.*, Ours (gray), Ours (color).
+* **Measured rows**: one per encoder, input mode and data set, from the result JSON files the PASCAL tasks write
+  (``kind: "pascal"``; each names its column in ``table2_column`` and its number in ``headline.value``). Results of
+  the same encoder (spec and weights fingerprint), input mode, data set and variant (``row.variant``, set by a
+  task run outside the published protocol, e.g. detection with RPN proposals) fill one row; when a column is given
+  twice, the newest result (``created``) is used. Every measured row names the data set it was measured on:
+  ``embedded`` (the procedural stand-in of ``xchannel make-data``, not comparable with the published numbers) or
+  ``PASCAL VOC``.
+
+A missing value is shown as "—" (empty in the CSV).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xchannel.errors import UserError
+from xchannel.pascal.common import TABLE2_COLUMNS
+from xchannel.utils.io import atomic_write_text
+
+MISSING = "—"
+COLUMNS: tuple[str, ...] = tuple(TABLE2_COLUMNS)
+
+
+@dataclass
+class MeasuredRow:
+    """One measured row: an encoder in one input mode on one data set, its values (column -> %) and the result
+    files they came from."""
+
+    label: str
+    spec: str
+    input_mode: str
+    dataset: str
+    fingerprint: str | None = None
+    rescaled: bool | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    created: dict[str, str] = field(default_factory=dict)
+    superseded: list[str] = field(default_factory=list)
+
+
+def load_published() -> dict[str, Any] | None:
+    """The stored Table 2 (``benchmarks/published/table2.json``), or None when the ``benchmarks`` folder is not
+    available (an installed copy without the repository)."""
+    from xchannel.commands.plot import published_numbers
+
+    data = published_numbers("table2")
+    if data is not None and list(data["columns"]) != list(COLUMNS):
+        raise UserError(f"benchmarks/published/table2.json: columns {data['columns']} differ from Table 2's "
+                        f"{list(COLUMNS)}")
+    return data
+
+
+def _result_files(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, bool]]:
+    """Files given, and JSON files found under folders given (flag: found in a folder, so foreign JSON files are
+    skipped rather than refused)."""
+    out: list[tuple[Path, bool]] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend((f, True) for f in sorted(p.rglob("*.json")))
+        elif p.is_file():
+            out.append((p, False))
+        else:
+            raise UserError(f"{p}: no such result file or folder")
+    return out
+
+
+def read_results(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    """PASCAL result records from files and folders (folders: every ``*.json`` below them that is one). A file
+    given by name that is not a readable PASCAL result is an error naming it."""
+    results = []
+    for path, found in _result_files(paths):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            if found:
+                continue
+            raise UserError(f"{path}: not a readable JSON result ({err})") from None
+        if not isinstance(data, dict) or data.get("kind") != "pascal":
+            if found:
+                continue
+            kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
+            raise UserError(f"{path}: not a PASCAL task result (kind {kind!r}; expected 'pascal', written by "
+                            f"xchannel pascal cls|det|seg)")
+        column = data.get("table2_column")
+        value = (data.get("headline") or {}).get("value")
+        row = data.get("row")
+        if column not in TABLE2_COLUMNS or not isinstance(value, (int, float)) or not isinstance(row, Mapping):
+            raise UserError(f"{path}: a PASCAL result needs 'table2_column' (one of {', '.join(COLUMNS)}), a "
+                            f"numeric 'headline.value' and a 'row' record")
+        data["_path"] = str(path)
+        results.append(data)
+    return results
+
+
+def measured_rows(results: Sequence[Mapping[str, Any]]) -> list[MeasuredRow]:
+    """Group results into rows (see the module docstring), in order of first appearance."""
+    rows: dict[tuple, MeasuredRow] = {}
+    for r in results:
+        info = r["row"]
+        mode = str(info.get("input_mode") or "")
+        dataset = str(info.get("dataset") or (r.get("data") or {}).get("name") or "unknown")
+        variant = str(info.get("variant") or "")
+        key = (info.get("spec"), mode, dataset, info.get("weights_fingerprint"), variant)
+        if key not in rows:
+            name = str(info.get("encoder") or info.get("spec") or "encoder")
+            label = name if f"({mode})" in name else f"{name} ({mode})"
+            if variant:
+                label += f", {variant}"
+            rows[key] = MeasuredRow(label=label, spec=str(info.get("spec") or ""), input_mode=mode,
+                                    dataset=dataset, fingerprint=info.get("weights_fingerprint"),
+                                    rescaled=info.get("rescaled"))
+        row = rows[key]
+        col, created = r["table2_column"], str(r.get("created") or "")
+        if col in row.values and created < row.created.get(col, ""):
+            row.superseded.append(r["_path"])
+            continue
+        if col in row.values:
+            row.superseded.append(row.sources[col])
+        row.values[col] = float(r["headline"]["value"])
+        row.sources[col] = r["_path"]
+        row.created[col] = created
+    return list(rows.values())
+
+
+def _fmt(v: float | None) -> str:
+    return MISSING if v is None else f"{v:.1f}"
+
+
+def render_markdown(published: Mapping[str, Any] | None, rows: Sequence[MeasuredRow]) -> str:
+    """The table as markdown: published rows, then measured rows, then notes (sources, data sets, files)."""
+    heads = [TABLE2_COLUMNS[c][1] for c in COLUMNS]
+    lines = ["# Table 2: task and data set generalization on PASCAL", "",
+             "| Method | Input | Data | " + " | ".join(heads) + " |",
+             "|---|---|---|" + "---:|" * len(COLUMNS)]
+    if published is not None:
+        for r in published["rows"]:
+            vals = " | ".join(_fmt(v) for v in r["values"])
+            lines.append(f"| {r['name']} | {r.get('input', MISSING)} | {published.get('dataset', 'PASCAL VOC')}, "
+                         f"published | {vals} |")
+    for k, row in enumerate(rows, 1):
+        vals = " | ".join(_fmt(row.values.get(c)) for c in COLUMNS)
+        lines.append(f"| **{row.label}** (measured) [m{k}] | {row.input_mode or MISSING} | {row.dataset}, "
+                     f"measured | {vals} |")
+    lines.append("")
+    if published is not None:
+        lines += [f"Published rows: {published['source']}. "
+                  "* = only a subset of the AlexNet layers was pre-trained, the rest initialised with "
+                  "Krähenbühl et al.'s k-means scheme [36]. " + MISSING + " = not reported.", ""]
+        if published.get("notes"):
+            lines += [f"Notes on the published numbers: {published['notes']}", ""]
+    else:
+        lines += ["(The published rows are not available: benchmarks/published/table2.json was not found.)", ""]
+    if rows:
+        datasets = sorted({r.dataset for r in rows})
+        lines.append("Measured rows (this code), on: " + ", ".join(datasets) + ".")
+        if "embedded" in datasets:
+            lines.append("'embedded' is the procedural stand-in data set of `xchannel make-data` (VOC file formats, "
+                         "synthetic images, few iterations): its numbers check the pipeline end to end and are not "
+                         "comparable with the published PASCAL VOC numbers.")
+        lines.append("")
+        for k, row in enumerate(rows, 1):
+            files = ", ".join(f"{c}: `{row.sources[c]}`" for c in COLUMNS if c in row.sources)
+            extra = "" if row.rescaled is None else f"; rescaled: {'yes' if row.rescaled else 'no'}"
+            lines.append(f"- [m{k}] encoder `{row.spec}`{extra}; results {files}")
+            if row.superseded:
+                lines.append(f"  (older results for the same cells, not shown: {', '.join(row.superseded)})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_csv(published: Mapping[str, Any] | None, rows: Sequence[MeasuredRow]) -> str:
+    """The table as CSV: ``kind`` (published / measured), ``method``, ``input``, ``dataset``, ``spec``, the five
+    columns (empty when missing), ``source`` (the paper, or the result files)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["kind", "method", "input", "dataset", "spec", *COLUMNS, "source"])
+    if published is not None:
+        for r in published["rows"]:
+            w.writerow(["published", r["name"], r.get("input", ""), published.get("dataset", "PASCAL VOC"), "",
+                        *("" if v is None else f"{v:.1f}" for v in r["values"]), published["source"]])
+    for row in rows:
+        w.writerow(["measured", row.label, row.input_mode, row.dataset, row.spec,
+                    *("" if c not in row.values else f"{row.values[c]:.2f}" for c in COLUMNS),
+                    "; ".join(f"{c}={row.sources[c]}" for c in COLUMNS if c in row.sources)])
+    return buf.getvalue()
+
+
+def write_table2(result_paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Render Table 2 from result files/folders into ``out_dir/table2.md`` and ``out_dir/table2.csv``
+    (atomically). Returns ``{"markdown", "csv", "markdown_path", "csv_path", "rows"}``."""
+    rows = measured_rows(read_results(result_paths))
+    published = load_published()
+    md, table_csv = render_markdown(published, rows), render_csv(published, rows)
+    out = Path(out_dir)
+    atomic_write_text(out / "table2.md", md)
+    atomic_write_text(out / "table2.csv", table_csv)
+    return {"markdown": md, "csv": table_csv, "markdown_path": str(out / "table2.md"),
+            "csv_path": str(out / "table2.csv"), "rows": rows}
+
+
+__all__ = ["COLUMNS", "MISSING", "MeasuredRow", "load_published", "measured_rows", "read_results", "render_csv",
+           "render_markdown", "write_table2"]
