@@ -8,6 +8,7 @@ with the photo's own L, so the output's L equals the input's.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +45,20 @@ def colorize_rgb(model: nn.Module, img: Image.Image, size: int = 256, T: float =
     """
     device = torch.device(device)
     rgb = img.convert("RGB")
-    full = _rgb_tensor(rgb, device)
-    L_full = C.rgb_to_lightness(full)
-    if rgb.size == (size, size):
-        L_small = L_full
-    else:
-        L_small = C.rgb_to_lightness(_rgb_tensor(rgb.resize((size, size), Image.BICUBIC), device))
+    # the colour conversions of a photo up to ~1 Mpx are chains of small kernels: one CPU thread (see
+    # xchannel.color.one_cpu_thread); the network keeps every thread
+    few_pixels = rgb.size[0] * rgb.size[1] <= 1 << 20
+    with C.one_cpu_thread(device) if few_pixels else nullcontext():
+        full = _rgb_tensor(rgb, device)
+        L_full = C.rgb_to_lightness(full)
+        if rgb.size == (size, size):
+            L_small = L_full
+        else:
+            L_small = C.rgb_to_lightness(_rgb_tensor(rgb.resize((size, size), Image.BICUBIC), device))
     ab = predict_ab(model, L_small, T, loss_kind)
-    ab = C.upsample_ab(ab, tuple(L_full.shape[-2:]))
-    return C.lab_to_rgb(torch.cat([L_full, ab.to(L_full.dtype)], dim=1))
+    with C.one_cpu_thread(device) if few_pixels else nullcontext():
+        ab = C.upsample_ab(ab, tuple(L_full.shape[-2:]))
+        return C.lab_to_rgb(torch.cat([L_full, ab.to(L_full.dtype)], dim=1))
 
 
 def to_image(rgb: torch.Tensor) -> Image.Image:
