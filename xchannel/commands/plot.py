@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import io
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from xchannel.errors import UserError
-from xchannel.utils.io import atomic_write
+from xchannel.utils.io import save_figure
 
 NAME = "plot"
 HELP = "draw a figure (figure7: probe accuracy per layer) from result JSON files"
@@ -167,20 +166,7 @@ def make_plot(name: str, result_paths: Sequence[str | Path], out: str | Path, **
     results = load_results(result_paths, kind)
     args = argparse.Namespace(**{"title": None, "metric": "top1", "published": "auto", **options})
     fig = fn(results, args)
-    out = Path(out)
-    fmt = out.suffix.lstrip(".").lower() or "png"
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format=fmt)
-    except ValueError as err:
-        raise UserError(f"{out}: cannot write this image format ({err})") from None
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    with atomic_write(out, "wb") as f:
-        f.write(buf.getvalue())
-    return out
+    return save_figure(fig, out)
 
 
 def run(args: argparse.Namespace) -> int:

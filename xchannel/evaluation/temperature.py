@@ -18,7 +18,6 @@ figure is written atomically, with a JSON sidecar holding the configuration and 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch.nn as nn
 
 from xchannel import color as C
 from xchannel.errors import UserError
-from xchannel.utils.io import atomic_write, atomic_write_json
+from xchannel.utils.io import atomic_write_json, save_figure
 
 HELP = "Fig. 4: a grid of annealed-mean decodings at T = 1 (mean), 0.77, 0.58, 0.38, 0.29, 0.14, -> 0 (mode)."
 DESCRIPTION = __doc__
@@ -138,18 +137,7 @@ def render_figure4(L: torch.Tensor, ab: torch.Tensor, temperatures: Sequence[flo
     fig.suptitle(title or "Annealed-mean decoding at decreasing temperature T (Fig. 4; the paper uses T = 0.38)",
                  fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    fmt = out.suffix.lstrip(".").lower() or "png"
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format=fmt)
-    except ValueError as err:
-        raise UserError(f"{out}: cannot write this image format ({err})") from None
-    finally:
-        plt.close(fig)
-    with atomic_write(out, "wb") as f:
-        f.write(buf.getvalue())
-    return out
+    return save_figure(fig, out)
 
 
 def make_figure4(checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], out: str | os.PathLike, *,

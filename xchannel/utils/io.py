@@ -118,3 +118,21 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
             raise OSError(err.errno, f"{_FULL_DISK[err.errno]} while appending to {path}; the lines written "
                                      f"before are kept") from err
         raise
+
+
+def save_figure(fig: Any, out: str | os.PathLike) -> Path:
+    """Render a matplotlib figure in the format of ``out``'s suffix, close it, and write the file atomically."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=fmt)
+    except ValueError as err:
+        raise UserError(f"{out}: cannot write this image format ({err})") from None
+    finally:
+        plt.close(fig)
+    with atomic_write(out, "wb") as f:
+        f.write(buf.getvalue())
+    return out
