@@ -48,6 +48,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_module_subcommands(parser: argparse.ArgumentParser, registry: dict[str, str], dest: str, metavar: str,
+                           required: tuple[str, ...] = ("HELP", "add_arguments", "run"),
+                           skip_missing: bool = False) -> None:
+    """Second-level subcommands (``xchannel evaluate TARGET``, ``export FORMAT``, ``pascal TASK``): one module per
+    name in ``registry`` (name -> module path) providing ``required`` attributes, optional ``DESCRIPTION``.
+
+    ``skip_missing``: a name whose module is not installed is not offered. ``args._subcommand_run`` is set.
+    """
+    sub = parser.add_subparsers(dest=dest, metavar=metavar, required=True)
+    for name, module in registry.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if skip_missing and err.name == module:
+                continue
+            raise
+        missing = [a for a in required if not hasattr(mod, a)]
+        if missing:
+            raise AttributeError(f"module {module} ({metavar} {name!r}) lacks {', '.join(missing)}")
+        help_line = getattr(mod, "HELP", None) or (mod.__doc__ or name).strip().splitlines()[0]
+        # argparse %-formats help strings: a literal "%" (as in "% mAP") must be doubled
+        p = sub.add_parser(name, help=help_line.replace("%", "%%"), description=getattr(mod, "DESCRIPTION", help_line),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_subcommand_run=mod.run)
+
+
+def run_subcommand(args: argparse.Namespace) -> int:
+    return int(args._subcommand_run(args) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

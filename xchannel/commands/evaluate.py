@@ -8,17 +8,19 @@ optional ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``. Ad
 from __future__ import annotations
 
 import argparse
-import importlib
-from types import ModuleType
+
+from xchannel.cli import add_module_subcommands, run_subcommand
 
 NAME = "evaluate"
-HELP = "Score saved results against a benchmark's ground truth (voc-det: PASCAL VOC detection AP/mAP)."
+HELP = "score results: voc-det (VOC detection mAP), colorization (Table 1), temperature-grid (Fig. 4)"
 DESCRIPTION = """\
 Score saved results against a benchmark's ground truth.
 
 Targets:
   voc-det   PASCAL VOC detection: per-class AP and mAP of standard comp4_det_<split>_<class>.txt result files,
             with the VOC devkit's protocol (11-point AP for VOC2007, difficult objects ignored).
+  colorization      Table 1: raw and rebalanced AuC and classifier top-1 of colorizers and baselines.
+  temperature-grid  Fig. 4: annealed-mean decodings at T = 1, 0.77, 0.58, 0.38, 0.29, 0.14 and -> 0.
 
 Run `xchannel evaluate TARGET --help` for a target's options.
 """
@@ -31,23 +33,8 @@ EVALUATORS: dict[str, str] = {
 }
 
 
-def _load(target: str) -> ModuleType:
-    mod = importlib.import_module(EVALUATORS[target])
-    for attr in ("HELP", "add_arguments", "run"):
-        if not hasattr(mod, attr):
-            raise AttributeError(f"evaluator module {mod.__name__} (target {target!r}) lacks {attr}")
-    return mod
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
-    for target in EVALUATORS:
-        mod = _load(target)
-        p = sub.add_parser(target, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        mod.add_arguments(p)
-        p.set_defaults(_evaluate=mod.run)
+    add_module_subcommands(parser, EVALUATORS, dest="target", metavar="TARGET")
 
 
-def run(args: argparse.Namespace) -> int:
-    return int(args._evaluate(args) or 0)
+run = run_subcommand

@@ -7,8 +7,8 @@ The formats are the modules of :data:`xchannel.export.FORMATS` (each provides ``
 from __future__ import annotations
 
 import argparse
-import importlib
-from types import ModuleType
+
+from xchannel.cli import add_module_subcommands, run_subcommand
 
 from xchannel.export import FORMATS
 
@@ -24,23 +24,8 @@ Formats:
 Run `xchannel export FORMAT --help` for a format's options."""
 
 
-def _load(name: str) -> ModuleType:
-    mod = importlib.import_module(FORMATS[name])
-    for attr in ("HELP", "add_arguments", "run"):
-        if not hasattr(mod, attr):
-            raise AttributeError(f"export format module {mod.__name__} (format {name!r}) lacks {attr}")
-    return mod
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
-    for name in FORMATS:
-        mod = _load(name)
-        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        mod.add_arguments(p)
-        p.set_defaults(_export=mod.run)
+    add_module_subcommands(parser, FORMATS, dest="format", metavar="FORMAT")
 
 
-def run(args: argparse.Namespace) -> int:
-    return int(args._export(args) or 0)
+run = run_subcommand

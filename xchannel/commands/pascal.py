@@ -8,8 +8,8 @@ task is one entry here and one module.
 from __future__ import annotations
 
 import argparse
-import importlib
-from types import ModuleType
+
+from xchannel.cli import add_module_subcommands, run_subcommand
 
 NAME = "pascal"
 HELP = "fine-tune an encoder on PASCAL VOC: cls (VOC07 classification), det (Fast R-CNN), seg (FCN-32s)"
@@ -32,34 +32,9 @@ TASKS: dict[str, str] = {
 }
 
 
-def load_task(name: str) -> ModuleType | None:
-    """The module of task ``name``, or None when that module is not installed (the task is then not offered)."""
-    module = TASKS[name]
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            return None
-        raise
-    for attr in ("Config", "add_arguments", "run", "run_task"):
-        if not hasattr(mod, attr):
-            raise AttributeError(f"PASCAL task module {module} (task {name!r}) lacks {attr}")
-    return mod
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
-    for name in TASKS:
-        mod = load_task(name)
-        if mod is None:
-            continue
-        help_line = getattr(mod, "HELP", (mod.__doc__ or name).strip().splitlines()[0])
-        # argparse %-formats help strings: a literal "%" (as in "% mAP") must be doubled
-        p = sub.add_parser(name, help=help_line.replace("%", "%%"), description=getattr(mod, "DESCRIPTION", help_line),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        mod.add_arguments(p)
-        p.set_defaults(_task_run=mod.run)
+    add_module_subcommands(parser, TASKS, dest="task", metavar="TASK",
+                           required=("Config", "add_arguments", "run", "run_task"), skip_missing=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    return int(args._task_run(args) or 0)
+run = run_subcommand
