@@ -193,6 +193,11 @@ def test_config_is_strict_and_saved(tmp_path, folder):
     p.write_text("steps: 1\nsteps: 2\n")
     with pytest.raises(UserError, match="duplicate key 'steps'"):
         build_config(TrainConfig, p)
+    # "3e-5" is a string to YAML 1.1; a float field takes it as the number it means (strings stay strings)
+    cfg = build_config(TrainConfig, None, ["optim.lr=3e-5", "optim.lr_values=[1E-5, 3e-6]", "out=1e-3"])
+    assert cfg.optim.lr == 3e-5 and cfg.optim.lr_values == [1e-5, 3e-6] and cfg.out == "1e-3"
+    with pytest.raises(UserError, match="expected a number"):
+        build_config(TrainConfig, None, ["optim.lr=fast"])
     cfg = _cfg(tmp_path, folder, steps=1, data={"val": None})
     train(cfg, progress=False)
     saved = json.loads((Path(cfg.out) / "config.json").read_text())

@@ -15,6 +15,9 @@ Every image enters xchannel through :func:`load_rgb`, which returns an 8-bit RGB
 * anything unreadable (missing, empty, not an image, truncated, too large) raises :class:`BadImageError`, a
   :class:`~xchannel.errors.UserError` naming the file and the problem.
 
+:func:`check_image` answers "would :func:`load_rgb` decode this file?" through the same code, decoding JPEGs at
+1/8 scale: :mod:`xchannel.data.screen` uses it to drop unusable files before a run draws its data order.
+
 Colour (:func:`is_grayscale`)
 -----------------------------
 ImageNet holds a few percent of grayscale photos. They carry no colour target, so colorization training excludes
@@ -103,6 +106,28 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
 
     Raises :class:`BadImageError` naming the file and the problem; never returns a partially decoded image.
     """
+    return _decode(path, max_pixels, reduced=False)
+
+
+def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """``None`` when :func:`load_rgb` decodes ``path``, else the reason it refuses it (the same text).
+
+    The file goes through the very code path of :func:`load_rgb` (file checks, header size limit, decode,
+    orientation, mode conversion), except that a JPEG is decoded at 1/8 scale (Pillow's ``draft``: libjpeg's
+    DCT scaling). The scaled decode reads and entropy-decodes the whole scan just as the full one does, so a
+    truncated or broken stream fails the same way; only the inverse DCT and the colour conversion, most of
+    a full decode's time, shrink 64-fold. Other formats are decoded in full (a check that reads less, such as
+    PNG's ``verify()``, would pass files whose compressed data is corrupt).
+    """
+    try:
+        _decode(path, max_pixels, reduced=True)
+    except BadImageError as err:
+        return err.reason
+    return None
+
+
+def _decode(path: str | os.PathLike, max_pixels: int, reduced: bool) -> Image.Image:
+    """:func:`load_rgb`; ``reduced``: decode a JPEG at its smallest DCT scale (see :func:`check_image`)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -125,6 +150,8 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
                 if w * h > max_pixels:
                     raise BadImageError(path, f"image too large: the header claims {w}x{h} = {w * h} pixels, "
                                               f"more than the limit of {max_pixels} (possible decompression bomb)")
+                if reduced and img.format == "JPEG":
+                    img.draft(img.mode, (1, 1))  # the smallest scale libjpeg offers: 1/8 (1/4, 1/2 when tiny)
                 img.load()  # decode now, inside the error handling (Image.open is lazy)
                 return _to_rgb(_upright(img))
     except BadImageError:
@@ -372,7 +399,9 @@ class ImageSamples(Dataset):
     """A list of ``(path, label)`` decoded with :func:`load_rgb` then ``transform``.
 
     Item ``i`` is ``{"image", "label", "has_color", "index", "path"}``, or a :class:`Skipped` record when the
-    image is bad (use :data:`collate_skip`). ``label`` is -1 for unlabelled samples.
+    image is bad (use :data:`collate_skip`). ``label`` is -1 for unlabelled samples. ``samples`` is a plain list:
+    a screen (:meth:`xchannel.data.screen.ScreenResult.apply`) replaces it by the usable samples before a run
+    draws its data order.
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable[[Image.Image], Any] | None = None,

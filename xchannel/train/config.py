@@ -39,6 +39,9 @@ class DataConfig:
     batch_size: int = 40
     workers: int = 2
     val_images: int = 64  # held-out images used by each periodic validation
+    # Check every file before the data order is drawn (xchannel.data.screen): unusable files are left out of the
+    # order, so a folder holding them trains exactly as the same folder cleaned. About 1.2 ms per JPEG and core.
+    screen: bool = True
 
 
 @dataclass

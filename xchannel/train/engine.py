@@ -6,6 +6,11 @@ What it guarantees:
   restarts at any step, and every item's crop and mirror come from a generator seeded by (seed, epoch, position).
   A checkpoint holds the model, optimiser, scheduler and RNG states. With ``deterministic=True`` a run killed at any
   moment (SIGKILL included) and resumed with ``--resume`` ends with the same weights as an uninterrupted run.
+* **Bad files change nothing.** With ``data.screen`` (the default) every training and validation file is checked
+  before the data order is drawn (:mod:`xchannel.data.screen`); the unusable ones are left out of the order, named
+  in the log and counted in the summary, so a folder holding them trains to the very weights of the same folder
+  cleaned. The screened list is stored in the run folder (``data_screen.json.gz``) and a resumed run reads it
+  back, so its data order holds even if the folder has changed since.
 * **Nothing written is lost.** Checkpoints and results are written atomically; a non-finite loss stops the run with
   an error and keeps the last good checkpoint; SIGTERM / SIGUSR1 (SLURM's warning before pre-emption or time-out)
   make the run checkpoint at the next step and return with status ``"interrupted"``.
@@ -30,8 +35,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from xchannel import __version__
-from xchannel.data.images import (ImageFolderDataset, ImageListDataset, RandomCropMirror, ResizeCenterCrop,
-                                  SkipCounter, collate_skip)
+from xchannel.data.images import (ImageFolderDataset, ImageListDataset, ImageSamples, RandomCropMirror,
+                                  ResizeCenterCrop, SkipCounter, collate_skip)
+from xchannel.data.screen import ScreenResult, load_screens, save_screens, screen_samples
 from xchannel.errors import UserError
 from xchannel.pretext import get_task
 from xchannel.train import checkpoint as ckpt
@@ -114,6 +120,56 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, sampler=None, seed:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_skip,
                       drop_last=False, persistent_workers=False, pin_memory=torch.cuda.is_available(),
                       generator=torch.Generator().manual_seed(seed))
+
+
+#: The run folder's stored screen (:mod:`xchannel.data.screen`): the usable files the run's data order is drawn from.
+SCREEN_FILE = "data_screen.json.gz"
+
+
+def screen_data(cfg: TrainConfig, run_dir: Path, datasets: dict[str, ImageSamples], counters: dict[str, SkipCounter],
+                world: World, resumed: dict | None, progress: bool) -> dict[str, ScreenResult]:
+    """Screen the run's data sets (``{"train": ..., "val": ...}``, sources ``cfg.data.train``/``val``) once, before
+    the data order is drawn, and apply the result to them and to their skip counters.
+
+    A fresh run screens (the main process; the others wait and read its result) and stores the result in
+    ``run_dir/SCREEN_FILE``. A resumed run (``resumed`` is its checkpoint) reads the stored result back instead,
+    so its data order is the one its first part drew; its training source must be the stored one (a changed
+    validation source is screened anew). Whether a run is screened is fixed when it starts: resuming with the
+    other ``data.screen`` is an error. Returns ``{name: result}`` (empty when screening is off).
+    """
+    path = run_dir / SCREEN_FILE
+    if resumed is not None:
+        started = bool(resumed.get("config", {}).get("data", {}).get("screen", False))
+        if started != cfg.data.screen:
+            raise UserError(f"{run_dir} was started with data.screen={str(started).lower()}: resume it with "
+                            f"data.screen={str(started).lower()} (its data order depends on it)")
+    if not cfg.data.screen:
+        return {}
+    sources = {"train": cfg.data.train, "val": cfg.data.val}
+
+    def screen(name: str) -> ScreenResult:
+        ds = datasets[name]
+        return screen_samples(ds.samples, ds.max_pixels, cfg.data.workers, progress, source=str(sources[name]),
+                              desc=f"screening {name} images")
+
+    screens: dict[str, ScreenResult] = {}
+    if resumed is None and world.is_main:
+        screens = {name: screen(name) for name in datasets}
+        save_screens(path, screens, datasets["train"].max_pixels)
+    if world.distributed:
+        dist.barrier()  # the main process has written the screen
+    if not screens:
+        stored = load_screens(path)
+        train = stored.get("train")
+        if train is None or train.source != str(sources["train"]):
+            raise UserError(f"{path}: the run's data order was drawn from the screened files of "
+                            f"{train.source if train else 'no training data'}, but data.train is now "
+                            f"{sources['train']}; resume with the original data.train, or start a new run")
+        screens = {name: stored[name] if name in stored and stored[name].source == str(sources[name])
+                   else screen(name) for name in datasets}
+    for name, result in screens.items():
+        result.apply(datasets[name], counters[name])
+    return screens
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,6 +275,13 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_set = open_images(cfg.data.train, RandomCropMirror(cfg.data.crop))
+    val_set = None
+    if cfg.data.val:
+        val_set = open_images(cfg.data.val, ResizeCenterCrop(cfg.data.crop, resize=cfg.data.crop))
+    skips, val_skips = SkipCounter(), SkipCounter()
+    datasets = {"train": train_set, **({"val": val_set} if val_set is not None else {})}
+    screens = screen_data(cfg, run_dir, datasets, {"train": skips, "val": val_skips}, world, state,
+                          progress and world.is_main)
     if state is None:
         _initialise(cfg, task, model, train_set, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -240,10 +303,6 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
 
     sampler = ResumableSampler(len(train_set), cfg.data.batch_size, cfg.seed, world, start_step=step)
     loader = _loader(SeededItems(train_set), cfg.data.batch_size, cfg.data.workers, sampler)
-    val_set = None
-    if cfg.data.val:
-        val_set = open_images(cfg.data.val, ResizeCenterCrop(cfg.data.crop, resize=cfg.data.crop))
-    skips, val_skips = SkipCounter(), SkipCounter()
     metrics_path = run_dir / "metrics.jsonl"
     last_val: dict = {}
     first_loss = last_loss = None
@@ -305,7 +364,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
     bar.close()
     summary = {"status": status, "step": step, "steps": cfg.steps, "first_loss": first_loss, "last_loss": last_loss,
                "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "val": last_val,
-               "data": skips.summary(), "val_data": val_skips.summary(), "device": str(device),
+               "data": skips.summary(), "val_data": val_skips.summary(),
+               "screen": {name: result.describe() for name, result in screens.items()}, "device": str(device),
                "world_size": world.world_size, "checkpoint": str(ckpt.checkpoint_path(run_dir, step)),
                "xchannel": __version__}
     if world.is_main:
