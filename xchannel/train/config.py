@@ -36,6 +36,10 @@ class DataConfig:
     train: str = ""  # an ImageFolder tree (root/<class>/<images>) or an image list file
     val: str | None = None
     crop: int = 176
+    # Shorter side resized to this before the random crop (training) and the centre crop (validation), so that
+    # objects have the same scale in both (the authors resized ImageNet to 256 and trained on 176 px crops).
+    # None: resized to the crop size.
+    resize: int | None = None
     batch_size: int = 40
     workers: int = 2
     val_images: int = 64  # held-out images used by each periodic validation

@@ -274,10 +274,13 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
     model = task.build_model().to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_set = open_images(cfg.data.train, RandomCropMirror(cfg.data.crop))
+    resize = cfg.data.resize or cfg.data.crop
+    if resize < cfg.data.crop:
+        raise UserError(f"data.resize ({resize}) is smaller than data.crop ({cfg.data.crop})")
+    train_set = open_images(cfg.data.train, RandomCropMirror(cfg.data.crop, resize=resize))
     val_set = None
     if cfg.data.val:
-        val_set = open_images(cfg.data.val, ResizeCenterCrop(cfg.data.crop, resize=cfg.data.crop))
+        val_set = open_images(cfg.data.val, ResizeCenterCrop(cfg.data.crop, resize=resize))
     skips, val_skips = SkipCounter(), SkipCounter()
     datasets = {"train": train_set, **({"val": val_set} if val_set is not None else {})}
     screens = screen_data(cfg, run_dir, datasets, {"train": skips, "val": val_skips}, world, state,
