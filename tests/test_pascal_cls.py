@@ -276,3 +276,61 @@ def test_rescale_command_preserves_function_and_equalises_rates(voc: Path, gray_
     spread = lambda logs: float((logs - logs.mean()).abs().max())  # noqa: E731
     assert spread(_log_rates(str(gray_checkpoint), x, seed=5)) > 0.3  # far from equal before
     assert spread(_log_rates(str(out), x, seed=5)) < 0.02
+
+
+def test_within_layer_init_gives_unit_channels_in_forward_order() -> None:
+    """Krähenbühl et al.'s within-layer step: on the data, every channel of every layer's pre-activation has mean
+    0 and variance 1 afterwards (each layer measured with the layers below already normalised), and each
+    channel's filter only changes by a positive factor."""
+    from xchannel.models.init import affine_layers, normalise_layers_
+
+    trunk = build_trunk(load_encoder("gaussian:width=0.125", "gray", seed=2)).double()
+    x = torch.rand(6, 1, 227, 227, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 100
+    before = {n: m.weight.detach().clone() for n, m in affine_layers(trunk)}
+    report = normalise_layers_(trunk, x)
+    assert report["std_before"]["fc.fc7.fc"] < 1e-5  # Gaussian weights: the signal fades layer by layer
+    assert report["std_before"]["conv.conv1.conv"] > 10 * report["std_before"]["conv.conv3.conv"]
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda m, a, out, n=n: outputs.__setitem__(n, out.detach().clone()))
+             for n, m in affine_layers(trunk)]
+    with torch.no_grad():
+        trunk.eval()(x)
+    for h in hooks:
+        h.remove()
+    assert list(outputs) == list(before) and len(outputs) == 7
+    for name, out in outputs.items():
+        dims = [0] + list(range(2, out.ndim))
+        assert torch.allclose(out.mean(dim=dims), torch.zeros(out.shape[1], dtype=out.dtype), atol=1e-6), name
+        assert torch.allclose(out.std(dim=dims, unbiased=False), torch.ones(out.shape[1], dtype=out.dtype),
+                              atol=1e-6), name
+        w0, w1 = before[name].flatten(1), dict(affine_layers(trunk))[name].weight.detach().flatten(1)
+        ratio = w1.norm(dim=1) / w0.norm(dim=1)
+        assert (ratio > 0).all() and torch.allclose(w1, w0 * ratio[:, None], rtol=1e-9, atol=0), name
+
+
+def test_rescaled_gaussian_baseline_has_unit_scale_activations(voc: Path, tmp_path: Path) -> None:
+    """The Gaussian rows of Table 2 start from Gaussian weights with the within-layer step, then the between-layer
+    rescaling: every layer's activations are O(1) on held-out images (without the first step fc7 is ~1e-7 and
+    the rows sit at the label prior). ``xchannel rescale gaussian`` saves exactly what the tasks prepare."""
+    from xchannel.pascal.common import prepare_encoder
+
+    x, _ = load_init_images(voc, 2007, "test", 8, 227, seed=3)  # not the trainval images of the rescaling
+    cfg = dict(voc_root=voc, year=2007, split="trainval", seed=1)
+    faded = prepare_encoder("gaussian:width=0.125", "gray",
+                            rescale=RescaleConfig(images=8, seed=1, within_layer="never"), **cfg)
+    prepared = prepare_encoder("gaussian:width=0.125", "gray", rescale=RescaleConfig(images=8, seed=1), **cfg)
+    step = prepared.record["preparation"][-1]
+    assert step["step"] == "rescale" and "within-layer" in step["method"] and step["log_ratio_spread_after"] < 0.02
+    with torch.no_grad():
+        assert float(faded.trunk.eval()(faded.encoder.prepare(x)).std()) < 1e-4
+        h = prepared.trunk.eval().normalize(prepared.encoder.prepare(x))
+        for name, stage in [*prepared.trunk.conv.named_children(), *prepared.trunk.fc.named_children()]:
+            h = stage(h)
+            assert 0.05 < float(h.std()) < 20, (name, float(h.std()))
+
+    out = tmp_path / "gaussian.pt"
+    assert cli_main(["rescale", "gaussian:width=0.125", "--voc", str(voc), "--images", "8", "--seed", "1",
+                     "-o", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["rescale"]["within_layer"]["std_before"]
+    saved = _activations(str(out), x)
+    assert torch.allclose(saved["fc7"].float(), prepared.trunk(prepared.encoder.prepare(x)), rtol=1e-4, atol=1e-5)

@@ -281,7 +281,7 @@ def test_end_to_end_writes_comp4_files_that_evaluate_voc_det_scores(tiny_voc: Pa
                      "--set", "rescale.enabled=false", "--set", f"proposals.cache_dir={tmp_path / 'cache'}",
                      "--out", str(tmp_path / "cli.json"), "--no-progress", "--resume"]) == 0
     cli = json.loads((tmp_path / "cli.json").read_text())
-    assert cli["config"]["optim"]["iterations"] == 2 and cli["config"]["train"]["max_size"] == 320  # demo value
+    assert cli["config"]["optim"]["iterations"] == 2 and cli["config"]["train"]["max_size"] == 640  # demo value
     assert list(cli["proposals"]["train"]["skipped"]) == [bad[0]] and list(cli["proposals"]["test"]["skipped"]) \
         == [bad[1]]
     assert cli["testing"]["skipped"]["skipped"] == 1 and cli["metrics"]["images"] == 10

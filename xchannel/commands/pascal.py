@@ -34,7 +34,7 @@ TASKS: dict[str, str] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_module_subcommands(parser, TASKS, dest="task", metavar="TASK",
-                           required=("Config", "add_arguments", "run", "run_task"), skip_missing=True)
+                           required=("Config", "add_arguments", "run", "run_task"))
 
 
 run = run_subcommand

@@ -13,6 +13,11 @@ eta a fixed random direction) is the same for all layers, biases by the cumulati
 max pooling are positively homogeneous, so layer k's activations are multiplied by s_1 ... s_k and fc7's output
 is unchanged (the scales multiply to 1).
 
+Before that, ``--within-layer`` applies Krähenbühl et al.'s within-layer initialisation (every channel's
+pre-activation to mean 0 and variance 1 on the images, layer by layer). ``auto`` (the default) does it for the
+``gaussian`` spec, whose activations otherwise fade by ~10x per layer (fc7 ~1e-7): the Gaussian rows of Table 2
+are Gaussian weights with both steps. ``always`` / ``never`` force it for any encoder.
+
 Output: an xchannel model checkpoint (our AlexNet, BatchNorm-free, transfer geometry) or, for
 ``torchvision-alexnet:PATH``, a torchvision state_dict; either loads back as an encoder spec (``OUT`` or
 ``torchvision-alexnet:OUT``). ``OUT`` with the suffix ``.json`` receives the report (scales, rate spreads before
@@ -33,12 +38,14 @@ Examples:
 
   xchannel rescale runs/alexnet/ckpt_00450000.pt --voc VOCdevkit -o runs/alexnet/rescaled.pt
   xchannel rescale kmeans --voc VOCdevkit -o runs/kmeans_rescaled.pt          # the k-means baseline
+  xchannel rescale gaussian --voc VOCdevkit -o runs/gaussian_rescaled.pt      # the Gaussian baseline
   xchannel pascal cls runs/alexnet/rescaled.pt --voc VOCdevkit --no-rescale --layers all
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from xchannel.features.encoders import SPEC_HELP
+    from xchannel.pascal.common import WITHIN_LAYER
 
     p.add_argument("encoder", help=f"encoder spec: {SPEC_HELP}")
     p.add_argument("--voc", required=True, help="VOCdevkit folder (or its parent): the images come from it")
@@ -51,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=10,
                    help="rescaling iterations (default 10; 0 saves the loaded, k-means-initialised network)")
     p.add_argument("--alpha", type=float, default=1.0, help="damping of each step (default 1)")
+    p.add_argument("--within-layer", choices=list(WITHIN_LAYER), default="auto",
+                   help="normalise every channel to mean 0, variance 1 first (Krähenbühl et al.'s within-layer "
+                        "initialisation); auto (default): for the gaussian spec only")
     p.add_argument("--seed", type=int, default=0, help="seed of the image choice, k-means and eta (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto (default cpu)")
     p.add_argument("--out", "-o", required=True, help="output weight file (.pt); the report goes next to it")
@@ -70,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     device = resolve_device(args.device)
     cfg = RescaleConfig(enabled=args.iterations > 0, images=args.images, iterations=args.iterations,
-                        alpha=args.alpha, seed=args.seed)
+                        alpha=args.alpha, seed=args.seed, within_layer=args.within_layer)
     prepared = prepare_encoder(args.encoder, args.input_mode, voc_root=args.voc, year=args.year, split=args.split,
                                rescale=cfg, seed=args.seed, device=device)
     encoder = prepared.encoder
@@ -91,11 +101,13 @@ def run(args: argparse.Namespace) -> int:
               "output": str(out), "reload_as": reload_as,
               "config": {"encoder": args.encoder, "voc": args.voc, "year": args.year, "split": args.split,
                          "input_mode": args.input_mode, "images": args.images, "iterations": args.iterations,
-                         "alpha": args.alpha, "seed": args.seed},
+                         "alpha": args.alpha, "within_layer": args.within_layer, "seed": args.seed},
               "encoder": prepared.record, "rescale": report, "code": code_version(),
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(out.with_suffix(".json"), record)
     if report is not None:
+        if "within_layer" in report:
+            print(f"normalised {len(report['within_layer']['std_before'])} layers (within-layer initialisation)")
         print(f"rescaled {len(report['scales'])} layers in {report['iterations']} iteration(s): spread of "
               f"log rates {report['log_ratio_spread_before']:.3f} -> {report['log_ratio_spread_after']:.2e}")
     print(f"wrote {out} (load it as the encoder spec {reload_as}) and {out.with_suffix('.json')}")

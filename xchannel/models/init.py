@@ -154,6 +154,48 @@ def _normalise_layer_(model: nn.Module, module: nn.Module, x: torch.Tensor, beta
         module.bias.copy_(((module.bias.double() - mean) / std + beta).to(module.bias))
 
 
+@torch.no_grad()
+def normalise_layers_(model: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor],
+                      layers: Sequence[str] | None = None, beta: float = 0.0) -> dict:
+    """Krähenbühl et al.'s within-layer initialisation (their Algorithm 1), in place, in forward order.
+
+    For each chosen affine layer k (default: all), with the layers below it already normalised, every output
+    channel i gets W_i <- W_i / std_i and b_i <- (b_i - mean_i) / std_i + ``beta``, where mean_i and std_i are the
+    mean and standard deviation of the channel's pre-activation on the data (over images and positions). On the
+    data, every channel then has mean ``beta`` and variance 1 before its ReLU.
+
+    This is what makes a randomly initialised network usable: Gaussian weights of std 0.01 shrink the signal by
+    a factor ~10-100 per layer, so a Gaussian AlexNet's fc7 outputs are ~1e-7 of its input, and no learning
+    rate suits every layer. Only the layers' scales and biases change, not the directions of their filters. The
+    k-means initialisation (:func:`kmeans_init_`) ends each layer with the same step. The model runs in eval
+    mode (dropout off) and is returned to its previous mode.
+
+    Returns ``{"layers": [...], "std_before": name -> median channel std of the layer's output in the network
+    as it was given, "beta"}``.
+    """
+    x = _concat(batches)
+    chosen = _select(model, layers)
+    was_training = model.training
+    model.eval()
+    std_before: dict[str, float] = {}
+
+    def measure(module: nn.Module, _args: tuple, out: torch.Tensor, name: str) -> None:
+        std_before[name] = float(_channel_stats(out.detach())[1].median())
+
+    try:
+        hooks = [m.register_forward_hook(lambda m, a, out, n=n: measure(m, a, out, n)) for n, m in chosen]
+        try:
+            model(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for _, module in chosen:
+            _normalise_layer_(model, module, x, beta=beta)
+    finally:
+        model.train(was_training)
+    return {"layers": [n for n, _ in chosen], "std_before": std_before, "beta": beta}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # k-means initialisation
 

@@ -13,7 +13,9 @@ Encoder preparation (:func:`prepare_encoder`)
    the paper's PASCAL nets are plain CaffeNets, and the rescaling below is defined for networks without it.
 3. :func:`rescale_trunk` applies the data-dependent between-layer rescaling of Krähenbühl, Doersch, Donahue,
    Darrell (ICLR 2016; the paper's ref. [36]): Sec. 3.2, "We use the method from [36], which rescales the layers
-   so they 'learn' at the same rate" (:func:`xchannel.models.init.rescale_`). For the color variant of a gray
+   so they 'learn' at the same rate" (:func:`xchannel.models.init.rescale_`). The Gaussian baseline first gets
+   their within-layer initialisation (``rescale.within_layer``, :func:`xchannel.models.init.normalise_layers_`),
+   without which its activations vanish (fc7 ~1e-7) and it cannot learn. For the color variant of a gray
    network (conv1's ab weights exactly zero) the gray network is rescaled, so that "Ours (color)" starts from the
    same rescaled weights as "Ours (gray)".
 4. With ``ab_branch`` (color input only) conv1 is split into the L convolution and a separate, bias-free ab
@@ -49,7 +51,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -80,13 +82,23 @@ INPUT_MODES = ("gray", "color", "rgb")
 # Configuration pieces shared by the tasks
 
 
+#: ``rescale.within_layer`` values: ``auto`` normalises the layers of randomly initialised encoders whose
+#: initialisation does not (the ``gaussian`` spec); ``always`` / ``never`` force it on / off.
+WITHIN_LAYER = ("auto", "always", "never")
+
+
 @dataclass
 class RescaleConfig:
-    """Krähenbühl et al.'s between-layer rescaling before fine-tuning (the paper's Table 2 numbers use it).
+    """Krähenbühl et al.'s data-dependent rescaling before fine-tuning (the paper's Table 2 numbers use it).
 
     ``images`` training images (one center crop each at the trunk's input size) are the data of the rescaling
     and, for a ``kmeans`` encoder, of its k-means initialisation. ``iterations``, ``alpha`` and ``tol`` are those
-    of :func:`xchannel.models.init.rescale_` (with ``alpha = 1`` one step equalises an exactly homogeneous net).
+    of the between-layer scale adjustment :func:`xchannel.models.init.rescale_` (with ``alpha = 1`` one step
+    equalises an exactly homogeneous net). ``within_layer`` (one of :data:`WITHIN_LAYER`) first applies their
+    within-layer initialisation (:func:`xchannel.models.init.normalise_layers_`: every channel's pre-activation
+    to mean 0, variance 1 on the images), which the random Gaussian baseline needs: the between-layer step alone
+    keeps the network's output scale, ~1e-7 for Gaussian weights through seven layers. ``enabled=false`` skips
+    both steps.
     """
 
     enabled: bool = True
@@ -95,8 +107,12 @@ class RescaleConfig:
     alpha: float = 1.0
     tol: float = 0.01
     seed: int = 0
+    within_layer: Literal["auto", "always", "never"] = "auto"
 
     def validate(self, where: str = "rescale") -> None:
+        if self.within_layer not in WITHIN_LAYER:
+            raise UserError(f"{where}.within_layer must be one of {', '.join(WITHIN_LAYER)} "
+                            f"(got {self.within_layer!r})")
         if self.images < 1:
             raise UserError(f"{where}.images must be >= 1 (got {self.images})")
         if self.iterations < 0:
@@ -468,21 +484,44 @@ def _ab_weights_zero(trunk: Trunk) -> bool:
     return isinstance(conv, nn.Conv2d) and conv.in_channels == 3 and bool((conv.weight[:, 1:] == 0).all())
 
 
-def rescale_trunk(trunk: Trunk, x: torch.Tensor, cfg: RescaleConfig) -> dict:
-    """Krähenbühl et al.'s between-layer rescaling of the trunk's affine layers (conv1 ... fc7), in place, on the
-    prepared input ``x`` (see :func:`xchannel.models.init.rescale_`; the rate of layer k is
-    C_k = E[||grad W_k||^2] / ||W_k||^2 for the loss eta . fc7(x) with a fixed random direction eta).
+def within_layer_applies(spec_kind: str, cfg: RescaleConfig) -> bool:
+    """Whether :func:`rescale_trunk` runs the within-layer initialisation for an encoder of kind ``spec_kind``
+    (the part of the spec before ``:``): ``always``; or ``auto`` and a Gaussian random initialisation (k-means
+    normalises its layers itself; a trained network's scales are part of what it learned)."""
+    return cfg.within_layer == "always" or (cfg.within_layer == "auto" and spec_kind == "gaussian")
+
+
+def rescale_trunk(trunk: Trunk, x: torch.Tensor, cfg: RescaleConfig, within_layer: bool = False) -> dict:
+    """Krähenbühl et al.'s data-dependent rescaling of the trunk's affine layers (conv1 ... fc7), in place, on the
+    prepared input ``x``.
+
+    1. With ``within_layer``, their within-layer initialisation (:func:`xchannel.models.init.normalise_layers_`):
+       layer by layer, every output channel's pre-activation gets mean 0 and variance 1 on ``x``.
+    2. Their between-layer scale adjustment (:func:`xchannel.models.init.rescale_`): the rate of layer k,
+       C_k = E[||grad W_k||^2] / ||W_k||^2 for the loss eta . fc7(x) with a fixed random direction eta, is made
+       equal for all layers; fc7's output is unchanged.
 
     For a Lab conv1 whose ab weights are all zero (a gray network given color input) the L-only network is
     rescaled, on the L channel of ``x``, and the ab weights stay zero: the color variant starts from exactly the
-    rescaled gray network. Returns the report of ``rescale_`` plus ``{"on": "gray network" | "as loaded"}``.
+    rescaled gray network. Returns the report of ``rescale_`` plus ``{"on": "gray network" | "as loaded"}`` and,
+    with ``within_layer``, ``"within_layer"`` (the median channel std of each layer's output before it was
+    normalised).
     """
-    from xchannel.models.init import rescale_
+    from xchannel.models.init import normalise_layers_, rescale_
 
     if trunk.kind not in ("alexnet", "torchvision_alexnet"):
         raise UserError("the data-dependent rescaling applies to AlexNet-family encoders without BatchNorm "
                         "(xchannel AlexNets, gaussian, kmeans, torchvision-alexnet); for this encoder use --no-rescale "
                         "(rescale.enabled=false)")
+
+    def adjust(model: nn.Module, data: torch.Tensor) -> dict:
+        within = normalise_layers_(model, data) if within_layer else None
+        report = rescale_(model, data, iters=cfg.iterations, alpha=cfg.alpha, tol=cfg.tol, seed=cfg.seed)
+        if within is not None:
+            report["within_layer"] = {"method": "Krähenbühl et al. 2016, within-layer initialisation (mean 0, "
+                                                "variance 1 per channel)", "std_before": within["std_before"]}
+        return report
+
     conv1 = trunk.conv.conv1 if trunk.kind == "alexnet" else None
     if conv1 is not None and _ab_weights_zero(trunk):
         lab = conv1.conv
@@ -495,7 +534,7 @@ def rescale_trunk(trunk: Trunk, x: torch.Tensor, cfg: RescaleConfig) -> dict:
         normalize = trunk._normalize
         trunk._normalize = lambda t: normalize(t)[:, :1]  # the gray network sees the normalised L channel
         try:
-            report = rescale_(trunk, x, iters=cfg.iterations, alpha=cfg.alpha, tol=cfg.tol, seed=cfg.seed)
+            report = adjust(trunk, x)
         finally:
             conv1.conv = lab
             trunk._normalize = normalize
@@ -504,7 +543,7 @@ def rescale_trunk(trunk: Trunk, x: torch.Tensor, cfg: RescaleConfig) -> dict:
             lab.bias.copy_(gray.bias)
         report["on"] = "gray network (conv1's ab weights are zero and stay zero)"
     else:
-        report = rescale_(trunk, x, iters=cfg.iterations, alpha=cfg.alpha, tol=cfg.tol, seed=cfg.seed)
+        report = adjust(trunk, x)
         report["on"] = "as loaded"
     return report
 
@@ -561,8 +600,10 @@ def prepare_encoder(spec: str, input_mode: str | None, *, voc_root: str | Path, 
         x, info = images(trunk.crop)
         with torch.no_grad():
             prepared = encoder.prepare(x.to(device))
-        report = rescale_trunk(trunk, prepared, rescale)
-        steps.append({"step": "rescale", "method": "Krähenbühl et al. 2016, between-layer scale adjustment",
+        within = within_layer_applies(kind, rescale)
+        report = rescale_trunk(trunk, prepared, rescale, within_layer=within)
+        method = "Krähenbühl et al. 2016, " + ("within-layer initialisation, then " if within else "")
+        steps.append({"step": "rescale", "method": method + "between-layer scale adjustment",
                       **report, "images": {k: v for k, v in info.items() if k != "ids"}})
     if ab_branch:
         add_ab_branch(trunk)
@@ -738,6 +779,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the encoder's own)")
     p.add_argument("--iterations", type=int, help="training iterations")
     p.add_argument("--no-rescale", action="store_true", help="skip the data-dependent rescaling")
+    p.add_argument("--within-layer", choices=list(WITHIN_LAYER),
+                   help="before the rescaling, normalise every channel to mean 0, variance 1 (Krähenbühl et al.'s "
+                        "within-layer initialisation); auto (default): for the gaussian spec only")
     p.add_argument("--seed", type=int, help="seed")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", "-o", help="result JSON (default results/pascal/<task>_<encoder>_<mode>.json)")
@@ -785,9 +829,9 @@ def config_from_args(cls: type[T], args: argparse.Namespace, flags: Mapping[str,
     """Defaults <- ``preset`` (``key=value`` overrides, e.g. a task's ``PRESETS[args.preset]``) <- ``--config``
     YAML <- flags (``flags`` maps argparse attribute -> dotted config key; flags left unset are ignored) <-
     ``--set`` overrides. The common flags map onto ``encoder``, ``voc``, ``input_mode``, ``optim.iterations``,
-    ``rescale.enabled``, ``seed``, ``device``, ``out`` and ``progress``."""
+    ``rescale.enabled``, ``rescale.within_layer``, ``seed``, ``device``, ``out`` and ``progress``."""
     common = {"encoder": "encoder", "voc": "voc", "input_mode": "input_mode", "iterations": "optim.iterations",
-              "seed": "seed", "device": "device", "out": "out"}
+              "within_layer": "rescale.within_layer", "seed": "seed", "device": "device", "out": "out"}
     base = build_config(cls, None, list(preset))
     data = to_dict(build_config(cls, getattr(args, "config", None), base=base))
     for attr, key in {**common, **flags}.items():
@@ -813,8 +857,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 __all__ = ["INPUT_MODES", "PreparedEncoder", "RescaleConfig", "SplitInputConv", "TABLE2_COLUMNS", "Trunk",
-           "add_ab_branch", "add_common_arguments", "add_preset_argument", "autocast", "build_trunk",
+           "WITHIN_LAYER", "add_ab_branch", "add_common_arguments", "add_preset_argument", "autocast", "build_trunk",
            "caffe_param_groups", "check_finite", "clip_gradients", "code_version", "config_from_args",
            "dataset_name", "default_output", "endless_batches", "freeze_groups", "load_init_images",
            "prepare_encoder", "preset_config", "rescale_trunk", "resolve_device", "result_record", "set_lr",
-           "set_train_mode", "slug", "step_lr", "trainable_parameters", "write_result"]
+           "set_train_mode", "slug", "step_lr", "trainable_parameters", "within_layer_applies", "write_result"]
