@@ -79,7 +79,9 @@ class Batch:
 
     @staticmethod
     def _unit(rgb: torch.Tensor) -> torch.Tensor:
-        return rgb.float().div_(255.0) if rgb.dtype == torch.uint8 else rgb.float()
+        """What the colour functions take: uint8 codes as they are (converted through a table, see
+        :func:`xchannel.color.rgb_to_lab`), floats in [0, 1] as float32."""
+        return rgb if rgb.dtype == torch.uint8 else rgb.float()
 
     @property
     def L(self) -> torch.Tensor:
