@@ -378,6 +378,15 @@ def _adapt_alexnet(model: nn.Module, input_mode: str | None, geometry: str, wher
     return model.eval(), mode
 
 
+def checkpoint_name(path: Path) -> str:
+    """A row name for a checkpoint file: ``<run folder> (step N)`` for a training run's ``ckpt_<N>.pt`` (whose
+    file name alone says nothing about the run), else the file's stem."""
+    stem = path.stem
+    if stem.startswith("ckpt_") and stem[5:].isdigit():
+        return f"{path.resolve().parent.name} (step {int(stem[5:])})"
+    return stem
+
+
 def _build_checkpoint(req: EncoderRequest) -> Encoder:
     from xchannel.checkpoints import load_network
     from xchannel.models import AlexNet, VGGColorizer
@@ -396,7 +405,7 @@ def _build_checkpoint(req: EncoderRequest) -> Encoder:
     if isinstance(model, AlexNet):
         hparams_in = dict(model.hparams)
         model, mode = _adapt_alexnet(model, req.input_mode, req.geometry, str(path))
-        return _alexnet_encoder(req, model, name=path.stem + ("" if mode == "gray" else f" ({mode})"),
+        return _alexnet_encoder(req, model, name=checkpoint_name(path) + ("" if mode == "gray" else f" ({mode})"),
                                 input_mode=mode, weights_path=str(path),
                                 info={**base, "arch": "alexnet", "trained_hparams": hparams_in,
                                       "hparams": dict(model.hparams), "geometry": model.geometry})
@@ -404,7 +413,7 @@ def _build_checkpoint(req: EncoderRequest) -> Encoder:
         if req.input_mode not in (None, "gray"):
             raise UserError(f"{path}: the VGG colorizer takes L only; input mode must be gray, "
                             f"got {req.input_mode!r}")
-        return LabAlexNetEncoder(name=path.stem, spec=req.spec, backbone=model.eval(), input_mode="gray",
+        return LabAlexNetEncoder(name=checkpoint_name(path), spec=req.spec, backbone=model.eval(), input_mode="gray",
                                  layer_names=model.layer_names, default_crop=224, weights_path=str(path),
                                  info={**base, "arch": "vgg_colorizer", "hparams": dict(model.hparams)})
     raise UserError(f"{path}: holds a {type(model).__name__}, which is not an encoder this loader knows")
