@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import synthetic_voc
 import torch
 from PIL import Image
 
 from xchannel.cli import main as cli_main
-from xchannel.data.synthetic import SyntheticSpec, make_dataset
 from xchannel.features.encoders import load_encoder
 from xchannel.models import AlexNet, model_checkpoint
 from xchannel.pascal.classification import (Config, MultiView, OptimConfig, RandomScaleCrop, VOCClassifier,
@@ -43,10 +43,7 @@ WIDTH = 0.125  # 12-32-48-48-32 channels, fc 512: the CaffeNet layers, small
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("voc")
-    make_dataset(out, SyntheticSpec(voc_trainval=16, voc_test=16, classes=2, train_per_class=2, val_per_class=1,
-                                    size=96, voc2012=False))
-    return out / "VOCdevkit"
+    return synthetic_voc(tmp_path_factory, voc_trainval=16, voc_test=16)
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import synthetic_voc
 
-from xchannel.data.synthetic import SyntheticSpec, make_dataset
 from xchannel.pascal.common import prepare_encoder
 from xchannel.pascal.demo import BASELINE_RUNS, DemoRun, demo_runs, run_config
 
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("voc")
-    make_dataset(root, SyntheticSpec(voc_trainval=40, voc_test=4, classes=2, train_per_class=2, val_per_class=1,
-                                     size=96, voc2012=False))
-    return root / "VOCdevkit"
+    return synthetic_voc(tmp_path_factory, voc_trainval=40, voc_test=4)
 
 
 def test_stage_runs_every_column_for_the_encoder_and_the_baselines() -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import synthetic_voc
 import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
 from xchannel.cli import main as cli_main
-from xchannel.data.synthetic import SyntheticSpec, make_dataset
 from xchannel.data.voc import VOC_CLASSES
 from xchannel.errors import UserError
 from xchannel.pascal import detection as det
@@ -27,10 +27,7 @@ from xchannel.pascal import proposals as props
 
 @pytest.fixture(scope="module")
 def tiny_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("voc")
-    make_dataset(root, SyntheticSpec(voc_trainval=12, voc_test=10, classes=2, train_per_class=2, val_per_class=1,
-                                     size=96, voc2012=False))
-    return root / "VOCdevkit"
+    return synthetic_voc(tmp_path_factory, voc_trainval=12, voc_test=10)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import synthetic_voc
 import torch
 
-from xchannel.data.synthetic import SyntheticSpec, make_dataset
 from xchannel.data.voc import load_mask, read_image_set
 from xchannel.features.encoders import load_encoder
 from xchannel.pascal.common import RescaleConfig, build_trunk
@@ -36,10 +36,7 @@ WIDTH_SPEC = "gaussian:width=0.125"
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("voc")
-    make_dataset(out, SyntheticSpec(voc_trainval=12, voc_test=0, classes=2, train_per_class=2, val_per_class=1,
-                                    size=64, voc2012=True))
-    return out / "VOCdevkit"
+    return synthetic_voc(tmp_path_factory, voc_trainval=12, voc_test=0, size=64, voc2012=True)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import os
 import re
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for_steps
 import torch
 import yaml
 
@@ -180,16 +180,6 @@ def test_debug_sweep_isolates_a_failing_job_reports_it_and_only_reruns_what_has_
     assert len(read_attempts(folder / broken)) == 2 and len(read_attempts(folder / ok[0])) == 1
 
 
-def _wait_for_steps(run_dir: Path, n: int, timeout: float = 120.0) -> None:
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{metrics}: fewer than {n} steps after {timeout} s")
-
-
 def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return safe_torch_load(checkpoint_path(run_dir, step))["state_dict"]
 
@@ -209,7 +199,7 @@ def test_local_executor_preemption_signal_checkpoints_requeues_and_resumes_to_th
     runner = threading.Thread(target=lambda: outcome.setdefault("report", submit_sweep(
         sweep, folder, "local", parallel=2, progress=False, echo=lambda m: None)))
     runner.start()
-    _wait_for_steps(folder / victim.id / "run", 5)
+    wait_for_steps(folder / victim.id / "run", 5, timeout=120.0)
     os.kill(read_attempts(folder / victim.id)[0]["pid"], signal.SIGUSR2)
     runner.join(timeout=300)
     assert not runner.is_alive()

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for_steps
 import torch
 
 from xchannel.cli import main as cli_main
@@ -48,16 +48,6 @@ def _spec(images: Path, missing: Path) -> dict:
                                              {"kind": "train", "tag": "broken", "config": bad}]}
 
 
-def _wait_for_steps(run_dir: Path, n: int, timeout: float = 180.0) -> None:
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{metrics}: fewer than {n} steps after {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def finished_sweep(slurm_cluster, tmp_path_factory):
     """Submit the array, interrupt two jobs while they train, make the reference run, wait for the end."""
@@ -72,9 +62,9 @@ def finished_sweep(slurm_cluster, tmp_path_factory):
     profile = load_profile(REPO / "slurm" / "local-cluster.yaml", ["timeout_min=10"])
     report = submit_sweep(sweep, folder, "slurm", profile, progress=False, echo=lambda m: None)
     ids = report.cluster_job_ids
-    _wait_for_steps(folder / requeued.id / "run", 5)
+    wait_for_steps(folder / requeued.id / "run", 5, timeout=180.0)
     slurm_cluster.command("scontrol", "requeue", ids[requeued.id])
-    _wait_for_steps(folder / signalled.id / "run", 5)
+    wait_for_steps(folder / signalled.id / "run", 5, timeout=180.0)
     slurm_cluster.command("scancel", "--signal=USR2", ids[signalled.id])
 
     # The uninterrupted reference, in this process while the cluster runs the rest (one thread, like the jobs).

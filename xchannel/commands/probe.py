@@ -8,7 +8,7 @@ import json
 from xchannel.features.encoders import SPEC_HELP, load_encoder, parse_spec
 from xchannel.probe.protocols import PROTOCOLS
 from xchannel.probe.run import ProbeConfig, format_dims, format_table, probe_dims, run_probe
-from xchannel.utils.config import build_config
+from xchannel.utils.config import add_config_arguments, build_config
 
 NAME = "probe"
 HELP = "train linear classifiers on frozen encoder layers (ImageNet linear probes, Fig. 7)"
@@ -50,9 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help=f"seed (default {d.seed})")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--out", "-o", help="result JSON (default results/probe/<encoder>_<protocol>.json)")
-    parser.add_argument("--config", help="YAML file with ProbeConfig fields")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any ProbeConfig field (repeatable)")
+    add_config_arguments(parser, "ProbeConfig")
     parser.add_argument("--show-dims", action="store_true", help="print each layer's pooled shape and exit")
     parser.add_argument("--json", action="store_true", help="with --show-dims: print JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -61,7 +61,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xchannel.errors import UserError
 from xchannel.features.encoders import Encoder, load_encoder, parse_spec
-from xchannel.utils.config import build_config, from_dict, merge, to_dict
+from xchannel.utils.config import add_config_arguments, build_config, from_dict, merge, to_dict
 from xchannel.utils.io import atomic_write_json
 
 T = TypeVar("T")
@@ -785,9 +785,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", "-o", help="result JSON (default results/pascal/<task>_<encoder>_<mode>.json)")
-    p.add_argument("--config", help="YAML file with the task's Config fields")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any Config field, dotted keys (repeatable)")
+    add_config_arguments(p, "task Config")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

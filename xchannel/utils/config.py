@@ -143,6 +143,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def add_config_arguments(parser: Any, what: str) -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE`` (into ``args.config``, ``args.overrides``), the two
+    arguments a command passes to :func:`build_config`; ``what`` names the config's fields in the help."""
+    parser.add_argument("--config", help=f"YAML file with {what} fields")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override any {what} field, dotted keys (repeatable)")
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``["optim.lr=1e-4", "model.name=vgg"]`` -> nested dict. Values are YAML scalars, never code."""
     out: dict = {}
