@@ -114,5 +114,18 @@ def run_demo(results: Path, work: Path, only: list[str] | None = None, seed: int
         out = getattr(importlib.import_module(module), fn)(ctx)
         report[name] = {**out, "seconds": round(time.perf_counter() - t0, 1)}
         atomic_write_json(results / f"{name}.json", report[name])
-    atomic_write_json(results / "summary.json", {k: {"seconds": v["seconds"]} for k, v in report.items()})
+    # a run of some stages (--only) keeps the other stages' entries from an earlier run, marked as such
+    summary = {name: {**entry, "earlier_run": True} for name, entry in _read_summary(results).items()
+               if name not in report}
+    summary.update({k: {"seconds": v["seconds"]} for k, v in report.items()})
+    atomic_write_json(results / "summary.json", {name: summary[name] for name, _ in STAGES if name in summary})
     return report
+
+
+def _read_summary(results: Path) -> dict:
+    """The stage entries of an earlier run's ``summary.json`` (empty when there is none or it is unreadable)."""
+    try:
+        old = json.loads((results / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in old.items() if isinstance(v, dict)} if isinstance(old, dict) else {}

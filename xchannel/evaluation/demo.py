@@ -4,8 +4,10 @@ Rows: the demo VGG colorizer (Fig. 2's network at reduced width), the demo AlexN
 colorizer, and the paper's Gray and Random baselines, beside the references Ground Truth and Gray. The
 "VGG Top-1" column uses the embedded data set's fixed classifier (:mod:`xchannel.evaluation.classifier`), trained
 briefly on the colour training images and cached beside them; its Ground Truth and Gray entries are its accuracy on
-the colour val images and on their gray versions. Images are evaluated whole at their native 160 px (center
-crop of the shorter side), the scale both networks were trained at.
+the colour val images and on their gray versions. Images are evaluated whole (center crop of the shorter side)
+at the scale the VGG colorizer was trained and validated at (:func:`training_scale`: 96 px with ``demo-vgg.yaml``),
+and Fig. 4 likewise. The VGG is sensitive to object scale: at the images' native 160 px, 1.7x its training scale,
+its rebalanced AuC fell below the gray baseline's (README, "What `make demo` shows").
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ def _figure4_images(val: Path, n: int) -> list[Path]:
     return out
 
 
+def training_scale(checkpoint: str | Path, default: int = 160) -> int:
+    """The shorter side that a training run's images were resized to (``data.resize``, else ``data.crop``), read from
+    the ``config.json`` beside its checkpoint; ``default`` when there is none."""
+    try:
+        data = json.loads((Path(checkpoint).parent / "config.json").read_text())["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+    return int(data.get("resize") or data.get("crop") or default)
+
+
 def _finished_checkpoint(run_dir: Path) -> str | None:
     """The final checkpoint of a finished training run in ``run_dir`` (from its summary.json), if any."""
     try:
@@ -54,12 +66,13 @@ def table1_stage(ctx: Any) -> dict:
         raise UserError(f"the table1 stage evaluates the checkpoints of the colorization stage, not found in "
                         f"{ctx.work}: run that stage first (xchannel demo --only colorization table1)")
     data = ctx.data / "imagenet"
+    size = training_scale(vgg)
     cfg = Table1Config(data=str(data / "val"), train=str(data / "train"),
                        checkpoints=[f"VGG colorizer (demo)={vgg}", f"AlexNet colorizer (demo)={alexnet}", "random"],
-                       classifier="embedded", size=160, resize=None, workers=0, batch_size=16, seed=ctx.seed,
+                       classifier="embedded", size=size, resize=None, workers=0, batch_size=16, seed=ctx.seed,
                        out=str(ctx.results))
     result = run_table1(cfg, progress=ctx.progress)
-    fig = make_figure4(vgg, _figure4_images(data / "val", FIG4_IMAGES), ctx.results / "figure4.png", size=160,
+    fig = make_figure4(vgg, _figure4_images(data / "val", FIG4_IMAGES), ctx.results / "figure4.png", size=size,
                        max_images=FIG4_IMAGES, show_truth=True,
                        title="Annealed mean of the demo VGG colorizer at decreasing T (Fig. 4); last: ground truth")
     table = json.loads(Path(result["paths"]["json"]).read_text())
