@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(check_lines(rec)), f"\n  ({rec['seconds']:.0f} s; {settings.out / (name + '.json')})",
               flush=True)
     table = format_table(records)
-    print(f"\n{table}\n\n{sum(c['met'] for r in records for c in r['checks'])} of "
-          f"{sum(len(r['checks']) for r in records)} targets met in {time.perf_counter() - t0:.0f} s")
+    measured = [c for r in records for c in r["checks"] if c["met"] is not None]
+    print(f"\n{table}\n\n{sum(c['met'] for c in measured)} of {len(measured)} targets met in "
+          f"{time.perf_counter() - t0:.0f} s")
     summary = {"mode": mode, "machine": m, "benchmarks": names,
                "checks": [{"benchmark": r["benchmark"], **c} for r in records for c in r["checks"]],
                "seconds": round(time.perf_counter() - t0, 1)}

@@ -14,7 +14,8 @@ Each benchmark writes ``<out>/<name>.json`` atomically (:func:`xchannel.utils.io
 
     {"benchmark": name, "title": ..., "mode": "full" | "short" | "smoke", "workload": {...},
      "figures": {...},                                  # every measured number (seconds, images/s, ratios)
-     "checks": [{"name", "value", "op", "target", "unit", "baseline", "met", "note"}],
+     "checks": [{"name", "value", "op", "target", "unit", "baseline", "met", "note"}],  # a check that cannot
+                                                        # be measured here: value and met null, note says why
      "notes": [...], "machine": {...}, "seconds": ..., "created": ...}
 """
 
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xchannel import runtime
 from xchannel.utils.io import atomic_write_json
 
 MODES = ("full", "short", "smoke")
@@ -143,8 +145,10 @@ def machine() -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    bf16 = runtime.bf16_support("cpu")
     return {
-        "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+        "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "cpu_capability": runtime.cpu_capability(),
+        "bf16_native": bf16.native, "bf16": bf16.reason, "logical_cpus": os.cpu_count(), "usable_cpus": usable,
         "torch_threads": torch.get_num_threads(), "gpu": gpu, "python": platform.python_version(),
         "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
@@ -152,35 +156,50 @@ def machine() -> dict[str, Any]:
 
 
 def describe_machine(m: Mapping[str, Any]) -> str:
-    """One line: CPU, cores, threads, accelerator."""
+    """One line: CPU, cores, the capability torch uses (ATen kernels, bf16 native or emulated), threads,
+    accelerator."""
     flags = ", ".join(f for f in m.get("cpu_flags", []) if f in ("avx512f", "avx512_bf16", "amx_bf16"))
+    cap = m.get("cpu_capability", {})
+    used = f"; torch uses {cap['aten']}" if cap else ""
+    bf16 = "" if "bf16_native" not in m else f", bf16 {'native' if m['bf16_native'] else 'emulated'}"
     gpu = m.get("gpu") or "no GPU"
-    return (f"{m['cpu']} ({m['usable_cpus']} cores{', ' + flags if flags else ''}), torch {m['torch']} with "
-            f"{m['torch_threads']} threads, {gpu}")
+    return (f"{m['cpu']} ({m['usable_cpus']} cores{', ' + flags if flags else ''}{used}{bf16}), torch "
+            f"{m['torch']} with {m['torch_threads']} threads, {gpu}")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Checks, results, the table
 
 
+NOT_NATIVE = "not native here"
+
+
 @dataclass
 class Check:
-    """One target of the issue: ``value op target`` (e.g. speed-up >= 20)."""
+    """One target: ``value op target`` (e.g. speed-up >= 20). ``value=None`` is a check that this machine cannot
+    measure meaningfully (e.g. a bf16 ratio where bf16 is emulated); ``note`` says why and ``met`` is None."""
 
     name: str
-    value: float
+    value: float | None
     op: str
     target: float
     unit: str = "x"
     baseline: str = ""
     note: str = ""
-    met: bool = field(init=False)
+    met: bool | None = field(init=False)
 
     def __post_init__(self) -> None:
         if self.op not in (">=", "<="):
             raise ValueError(f"op must be '>=' or '<=', got {self.op!r}")
+        if self.value is None:
+            self.met = None
+            return
         self.value = float(self.value)
         self.met = bool(self.value >= self.target if self.op == ">=" else self.value <= self.target)
+
+    @classmethod
+    def not_measured(cls, name: str, op: str, target: float, why: str, **kw: Any) -> "Check":
+        return cls(name, None, op, target, note=why, **kw)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "value": self.value, "op": self.op, "target": self.target, "unit": self.unit,
@@ -198,7 +217,9 @@ def record(settings: Settings, name: str, title: str, workload: Mapping[str, Any
     return rec
 
 
-def _fmt(value: float, unit: str) -> str:
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
     if unit == "x":
         return f"{value:.2f}x"
     if unit == "%":
@@ -212,6 +233,9 @@ def check_lines(rec: Mapping[str, Any]) -> list[str]:
     """Human lines for a benchmark's checks (printed after each benchmark)."""
     lines = []
     for c in rec["checks"]:
+        if c["met"] is None:
+            lines.append(f"  {c['name']}: {c['note']}")
+            continue
         mark = "met" if c["met"] else "MISSED"
         vs = f" (vs {c['baseline']})" if c["baseline"] else ""
         lines.append(f"  {c['name']}: {_fmt(c['value'], c['unit'])} {c['op']} {_fmt(c['target'], c['unit'])}"
@@ -224,8 +248,10 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
     rows = ["| benchmark | check | baseline | measured | target | |", "|---|---|---|---|---|---|"]
     for rec in records:
         for c in rec["checks"]:
-            rows.append(f"| {rec['benchmark']} | {c['name']} | {c['baseline']} | {_fmt(c['value'], c['unit'])} | "
-                        f"{c['op']} {_fmt(c['target'], c['unit'])} | {'met' if c['met'] else '**missed**'} |")
+            measured = _fmt(c["value"], c["unit"]) if c["met"] is not None else c["note"]
+            status = "-" if c["met"] is None else "met" if c["met"] else "**missed**"
+            rows.append(f"| {rec['benchmark']} | {c['name']} | {c['baseline']} | {measured} | "
+                        f"{c['op']} {_fmt(c['target'], c['unit'])} | {status} |")
     return "\n".join(rows)
 
 
@@ -270,6 +296,11 @@ def photo_crops(n: int, size: int, seed: int = 0) -> torch.Tensor:
         y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
         crops.append(p[y : y + size, x : x + size])
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+
+
+def bf16_native() -> bool:
+    """Whether this CPU runs bfloat16 natively (:mod:`xchannel.runtime`); bf16 figures are measured only then."""
+    return runtime.bf16_support("cpu").native
 
 
 def set_threads(settings: Settings) -> None:

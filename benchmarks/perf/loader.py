@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from benchmarks.perf.common import Check, Settings, embedded_data, interleave, median, photo_crops, record, set_threads
+from xchannel import runtime
 
 NAME = "loader"
 TITLE = "Training loader (JPEG decode, crop, mirror; default workers) vs the training step's images/s"
@@ -44,12 +45,14 @@ def loader_rate(train_dir: str, crop: int, batch: int, workers: int, batches: in
 
 
 def _step_rate(settings: Settings) -> float:
-    """images/s of the bfloat16 AlexNet training step (when the train_step benchmark did not run before)."""
+    """images/s of the AlexNet training step in the precision ``auto`` chooses here (when the train_step benchmark
+    did not run before)."""
     from benchmarks.perf.train_step import build, steps
 
     width, batch, crop = settings.pick(1.0, 1.0, 0.125), settings.pick(32, 32, 2), settings.pick(180, 180, 64)
-    task, model, optim = build(width, "bf16")
-    s = steps(task, model, optim, photo_crops(batch, crop, seed=1), torch.bfloat16)
+    precision = runtime.resolve_precision("auto", "cpu")
+    task, model, optim = build(width, precision)
+    s = steps(task, model, optim, photo_crops(batch, crop, seed=1), precision)
     return batch / median(interleave({"full": s["full"]}, settings.pick(3, 2, 1))["full"])
 
 
@@ -68,7 +71,7 @@ def run(settings: Settings, context: dict[str, Any] | None = None) -> dict[str, 
         step_source = "train_step benchmark, this run"
     else:
         step = _step_rate(settings)
-        step_source = "bfloat16 training step measured here"
+        step_source = f"{runtime.resolve_precision('auto', 'cpu')} training step measured here"
     default = loader_rate(train_dir, crop, batch, workers, batches)
     single = loader_rate(train_dir, crop, batch, 0, max(1, batches // 3))
     figures = {"default_workers": workers, "loader": default, "loader_no_workers": single,

@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="train on center crops (always so with --cache)")
     parser.add_argument("--cache", metavar="DIR", help="feature cache folder")
-    parser.add_argument("--bf16", action="store_true", default=None, help="run the encoder under bf16 autocast")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                        help="the frozen encoder's precision (default auto: bf16 where the hardware has it natively)")
     parser.add_argument("--workers", type=int, help=f"data loading processes (default {d.workers})")
     parser.add_argument("--seed", type=int, help=f"seed (default {d.seed})")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
@@ -57,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _FLAGS = ("encoder", "data", "protocol", "rounding", "input_mode", "epochs", "lr", "batch_size", "crop", "resize",
-          "ten_crop", "augment", "cache", "bf16", "workers", "seed", "device", "out")
+          "ten_crop", "augment", "cache", "precision", "workers", "seed", "device", "out")
 
 
 def config_from_args(args: argparse.Namespace) -> ProbeConfig:

@@ -55,6 +55,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from xchannel import color as C
+from xchannel import runtime
 from xchannel.color import ANNEAL_T
 from xchannel.errors import UserError
 from xchannel.evaluation.classifier import FixedClassifier
@@ -557,7 +558,7 @@ class Table1Config:
     batch_size: int = 16
     workers: int = 0
     device: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "auto"  # auto (bf16 where native, else fp32: xchannel.runtime) | fp32 | bf16
     seed: int = 0
     cost: bool = True
     amt: str | None = None
@@ -636,10 +637,13 @@ def run_table1(cfg: Table1Config, progress: bool = True) -> dict[str, Any]:
         raise UserError(f"--size must be at least 16 pixels, got {cfg.size}")
     if cfg.prior not in ("reference", "data"):
         raise UserError(f"--prior must be 'reference' or 'data', got {cfg.prior!r}")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise UserError(f"--precision must be fp32 or bf16, got {cfg.precision!r}")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     device = resolve_device(cfg.device)
-    autocast = cfg.precision == "bf16"
+    precision = runtime.precision_record(cfg.precision, device)
+    if progress:
+        print(f"table1: {runtime.describe_precision(precision)}", flush=True)
+    autocast = precision["resolved"] == "bf16"
     transform = ResizeCenterCrop(cfg.size, resize=cfg.resize)
     data = open_images(cfg.data, transform)
     train_path = Path(cfg.train) if cfg.train else default_train(cfg.data)
@@ -693,7 +697,7 @@ def run_table1(cfg: Table1Config, progress: bool = True) -> dict[str, Any]:
     published = published_table1()
     if published is not None:
         published = {**published, "measured_on": published.get("measured_on", "ImageNet val 10k (paper)")}
-    paths = write_table1(cfg.out, result, to_dict(cfg), measured_on, notes, published)
+    paths = write_table1(cfg.out, result, {**to_dict(cfg), "precision": precision}, measured_on, notes, published)
     result["paths"] = {k: str(v) for k, v in paths.items()}
     result["measured_on"] = measured_on
     return result
@@ -721,8 +725,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="bf16 autocasts the networks and the classifier (faster on CPUs with AMX)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="bf16 autocasts the networks and the classifier; auto (default) chooses it where the "
+                             "hardware has native bf16 (AVX512-BF16/AMX CPUs, recent GPUs), fp32 elsewhere")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline's choices")
     parser.add_argument("--no-cost", action="store_true", help="skip the Params / Feats / Runtime columns")
     parser.add_argument("--amt", help="Turing-test report JSON (xchannel turing-test report --json) for the AMT "

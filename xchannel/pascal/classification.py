@@ -54,7 +54,7 @@ from xchannel.metrics.voc import voc_cls_ap
 from xchannel.pascal.common import (PreparedEncoder, RescaleConfig, Trunk, add_common_arguments,
                                     add_preset_argument, autocast, caffe_param_groups, check_finite, clip_gradients,
                                     config_from_args, dataset_name, default_output, endless_batches, freeze_groups,
-                                    prepare_encoder, preset_config, resolve_device, result_record, set_lr,
+                                    prepare_encoder, preset_config, resolve_device, resolve_precision, result_record, set_lr,
                                     set_train_mode, step_lr, trainable_parameters, write_result)
 from xchannel.utils.io import atomic_torch_save, atomic_write
 
@@ -121,7 +121,7 @@ class Config:
     rescale: RescaleConfig = field(default_factory=RescaleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: AugmentConfig = field(default_factory=AugmentConfig)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where native, else fp32 (xchannel.runtime)
     channels_last: bool = True
     seed: int = 0
     device: str = "auto"
@@ -370,6 +370,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
     cfg.validate()
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
+    cfg, precision = resolve_precision(cfg, device)
     torch.manual_seed(cfg.seed)
     name = dataset_name(cfg.voc)
     train_ds = VOCLabelledImages(cfg.voc, cfg.year, cfg.train_split)  # transforms set below
@@ -458,7 +459,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
                    "lr_mult": {"conv": o.conv_lr_mult, "fc6/fc7/fc8": o.fc_lr_mult, "bias": f"x{o.bias_lr_mult}"}},
         "augmentation": repr(aug), "test_views": cfg.data.test_crops, "test_view_reduction": "mean of fc8 outputs",
         "fc8_init": {"std": FC8_INIT_STD, "bias": FC8_INIT_BIAS}, "dropout": cfg.dropout,
-        "input_mode": encoder.input_mode, "precision": cfg.precision, "channels_last": cfg.channels_last,
+        "input_mode": encoder.input_mode, "precision": precision, "channels_last": cfg.channels_last,
         "paper_reference_map": {"Ours (gray)": {"fc8": 52.4, "fc6-8": 61.5, "all": 65.9},
                                 "Ours (color)": {"fc8": 52.4, "fc6-8": 61.5, "all": 65.6}},
     }

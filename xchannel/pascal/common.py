@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -59,6 +60,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
+from xchannel import runtime
 from xchannel.errors import UserError
 from xchannel.features.encoders import Encoder, load_encoder, parse_spec
 from xchannel.utils.config import add_config_arguments, build_config, from_dict, merge, to_dict
@@ -242,10 +244,17 @@ class SplitInputConv(nn.Module):
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` when ``precision == "bf16"`` (Lab conversion should stay outside it)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """Autocast on ``device`` for a resolved ``precision`` (Lab conversion should stay outside it)."""
+    return runtime.autocast(device, precision)
+
+
+def resolve_precision(cfg: Any, device: torch.device) -> tuple[Any, dict]:
+    """``cfg`` with its ``precision`` resolved for ``device`` (``auto`` -> bf16 where native, else fp32), and the
+    record (requested, resolved, why) that the result JSON keeps."""
+    record = runtime.precision_record(cfg.precision, device)
+    if getattr(cfg, "progress", False):
+        print(f"{runtime.describe_precision(record)}", flush=True)
+    return dataclasses.replace(cfg, precision=record["resolved"]), record
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -858,5 +867,5 @@ __all__ = ["INPUT_MODES", "PreparedEncoder", "RescaleConfig", "SplitInputConv", 
            "WITHIN_LAYER", "add_ab_branch", "add_common_arguments", "add_preset_argument", "autocast", "build_trunk",
            "caffe_param_groups", "check_finite", "clip_gradients", "code_version", "config_from_args",
            "dataset_name", "default_output", "endless_batches", "freeze_groups", "load_init_images",
-           "prepare_encoder", "preset_config", "rescale_trunk", "resolve_device", "result_record", "set_lr",
+           "prepare_encoder", "preset_config", "rescale_trunk", "resolve_device", "resolve_precision", "result_record", "set_lr",
            "set_train_mode", "slug", "step_lr", "trainable_parameters", "within_layer_applies", "write_result"]

@@ -231,7 +231,7 @@ class Config:
     rescale: common.RescaleConfig = field(default_factory=common.RescaleConfig)
     bbox_stds: list[float] = field(default_factory=lambda: list(BBOX_STDS))
     inclusive_iou: bool = True
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where native, else fp32 (xchannel.runtime)
     device: str = "auto"
     workers: int = 2
     seed: int = 0
@@ -977,6 +977,7 @@ def run_task(cfg: Config, prepared: common.PreparedEncoder | None = None) -> dic
     cfg.validate()
     t_start = time.perf_counter()
     device = common.resolve_device(cfg.device)
+    cfg, precision = common.resolve_precision(cfg, device)
     torch.manual_seed(cfg.seed)
     train_voc = VOCDetection(cfg.voc, cfg.year, cfg.train_split)
     test_voc = VOCDetection(cfg.voc, cfg.year, cfg.test_split)
@@ -1011,7 +1012,8 @@ def run_task(cfg: Config, prepared: common.PreparedEncoder | None = None) -> dic
     metrics = testing.pop("metrics")
     history = training.pop("history")
     record = common.result_record(
-        task="detection", column="det", cfg=cfg, prepared=prepared, protocol=protocol(cfg), metrics=metrics,
+        task="detection", column="det", cfg=cfg, prepared=prepared,
+        protocol={**protocol(cfg), "precision": precision}, metrics=metrics,
         headline={"metric": "mAP", "value": metrics["map"],
                   "label": f"VOC07 11-point mAP {metrics['map']:.1f}% ({metrics['match']})"},
         data={"name": common.dataset_name(cfg.voc), "voc": str(cfg.voc), "year": cfg.year,

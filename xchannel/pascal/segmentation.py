@@ -58,7 +58,7 @@ from xchannel.metrics.segmentation import ConfusionMatrix
 from xchannel.pascal.common import (PreparedEncoder, RescaleConfig, Trunk, add_common_arguments,
                                     add_preset_argument, autocast, caffe_param_groups, check_finite, clip_gradients,
                                     config_from_args, dataset_name, default_output, endless_batches,
-                                    prepare_encoder, preset_config, resolve_device, result_record, set_lr,
+                                    prepare_encoder, preset_config, resolve_device, resolve_precision, result_record, set_lr,
                                     set_train_mode, step_lr, trainable_parameters, write_result)
 from xchannel.utils.io import atomic_torch_save
 
@@ -116,7 +116,7 @@ class Config:
     rescale: RescaleConfig = field(default_factory=RescaleConfig)
     optim: SegOptim = field(default_factory=SegOptim)
     data: SegData = field(default_factory=SegData)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where native, else fp32 (xchannel.runtime)
     channels_last: bool = True
     seed: int = 0
     device: str = "auto"
@@ -469,6 +469,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
     cfg.validate()
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
+    cfg, precision = resolve_precision(cfg, device)
     torch.manual_seed(cfg.seed)
     d, o = cfg.data, cfg.optim
     train_ds = training_set(cfg)
@@ -557,7 +558,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
                    "weight_decay": o.weight_decay, "clip_gradients": o.clip_gradients},
         "training_images": "whole images" if not d.train_crop else f"random {d.train_crop} px crops, mirrored",
         "dropout": cfg.dropout, "input_mode": encoder.input_mode, "ab_branch": cfg.ab_branch,
-        "precision": cfg.precision, "channels_last": cfg.channels_last,
+        "precision": precision, "channels_last": cfg.channels_last,
         "paper_reference_miu": {"Ours (gray)": 35.0, "Ours (color)": 35.6},
     }
     data = {"name": dataset_name(cfg.voc), "voc": str(cfg.voc), "year": d.year,

@@ -45,6 +45,7 @@ from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
 import xchannel
+from xchannel import runtime
 from xchannel.data.images import (ImageFolderDataset, ImageSamples, RandomCropMirror, ResizeCenterCrop,
                                   SkipCounter, collate_skip)
 from xchannel.data.screen import screen_samples
@@ -87,7 +88,7 @@ class ProbeConfig:
     ten_crop: bool = False
     augment: bool = True
     cache: str | None = None
-    bf16: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # of the frozen encoder; auto: bf16 where native (runtime.py)
     channels_last: bool = True
     workers: int = 2
     screen: bool = True
@@ -164,7 +165,7 @@ def probe_dims(protocol: str | Protocol, encoder: Encoder | str = "gaussian", cr
 class PooledFeatures(nn.Module):
     """Frozen encoder + the protocol's pooling: RGB batch -> ``{layer: N x (pooled shape)}`` float32 features."""
 
-    def __init__(self, encoder: Encoder, specs: Mapping[str, PoolSpec], bf16: bool = False,
+    def __init__(self, encoder: Encoder, specs: Mapping[str, PoolSpec], precision: str = "fp32",
                  channels_last: bool = True) -> None:
         super().__init__()
         from xchannel.probe.protocols import Pool
@@ -172,7 +173,7 @@ class PooledFeatures(nn.Module):
         self.encoder = encoder
         self.layers = list(specs)
         self.pools = nn.ModuleDict({layer: Pool(spec) for layer, spec in specs.items()})
-        self.bf16 = bf16
+        self.precision = precision  # resolved (runtime.resolve_precision)
         self.channels_last = channels_last
         self.batches = 0  # encoder forward passes (batches) run so far
 
@@ -182,7 +183,7 @@ class PooledFeatures(nn.Module):
         x = self.encoder.prepare(rgb)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with runtime.autocast(x.device, self.precision):
             taps = self.encoder.taps(x, self.layers)
         return {layer: self.pools[layer](taps[layer].float()).contiguous() for layer in self.layers}
 
@@ -447,6 +448,9 @@ def fit_probe(cfg: ProbeConfig, encoder: Encoder | None = None) -> tuple[dict[st
     if num_classes < 2:
         raise UserError(f"{root}: a probe needs at least 2 classes, found {num_classes}")
 
+    precision = runtime.precision_record(cfg.precision, device)
+    if cfg.progress:
+        print(f"probe: {runtime.describe_precision(precision)}", flush=True)
     crop = cfg.crop or encoder.default_crop
     resize = max(cfg.resize, crop)
     views = TEN_CROP_VIEWS if cfg.ten_crop else 1
@@ -461,7 +465,7 @@ def fit_probe(cfg: ProbeConfig, encoder: Encoder | None = None) -> tuple[dict[st
     encoder = encoder.to(device)
     if cfg.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
-    extractor = PooledFeatures(encoder, specs, bf16=cfg.bf16, channels_last=cfg.channels_last).to(device)
+    extractor = PooledFeatures(encoder, specs, precision["resolved"], cfg.channels_last).to(device)
     heads = ProbeHeads({layer: spec.out_shape for layer, spec in specs.items()}, num_classes, cfg.seed).to(device)
     optim = torch.optim.SGD(heads.param_groups(sched.weight_decay), lr=sched.lr, momentum=sched.momentum,
                             nesterov=sched.nesterov and sched.momentum > 0)
@@ -476,7 +480,7 @@ def fit_probe(cfg: ProbeConfig, encoder: Encoder | None = None) -> tuple[dict[st
             "data": {split: {"path": str((root / split).resolve()),
                              "files": file_list_fingerprint(ds.samples, root / split), "classes": ds.classes}
                      for split, ds in (("train", train_ds), ("val", val_ds))},
-            "crop": crop, "resize": resize, "bf16": cfg.bf16,
+            "crop": crop, "resize": resize, "bf16": precision["resolved"] == "bf16",
         })
         entries = {layer: cache_entry(layer, spec) for layer, spec in specs.items()}  # layer + its pooling
         cache_info = {"dir": str(cache.dir), "key": cache.key, "computed": {}}
@@ -488,8 +492,8 @@ def fit_probe(cfg: ProbeConfig, encoder: Encoder | None = None) -> tuple[dict[st
             cache_info["computed"][split_name] = missing
             if missing:
                 t0 = time.perf_counter()
-                part = PooledFeatures(encoder, {layer: specs[layer] for layer in missing}, cfg.bf16,
-                                      cfg.channels_last)
+                part = PooledFeatures(encoder, {layer: specs[layer] for layer in missing},
+                                      precision["resolved"], cfg.channels_last)
                 _fill_cache(cache, split_name, _loader(ds, cfg.batch_size, cfg.workers, False, cfg.seed), part,
                             entries, device, split_views, counter, cfg.progress)
                 extractor.batches += part.batches
@@ -566,6 +570,7 @@ def fit_probe(cfg: ProbeConfig, encoder: Encoder | None = None) -> tuple[dict[st
                      "eval_views": views, "augment": augment,
                      "schedule_used": {**sched.__dict__, "milestones": sched.milestone_epochs(sched.epochs)}},
         "config": to_dict(cfg),
+        "precision": precision,
         "encoder": encoder.describe(),
         "data": data,
         "layer_order": layers,

@@ -66,7 +66,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 450_000
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where native, else fp32 (runtime.py)
     channels_last: bool = False
     device: str = "auto"  # auto: cuda when available, else cpu
     seed: int = 0

@@ -15,7 +15,9 @@ What it guarantees:
   an error and keeps the last good checkpoint; SIGTERM / SIGUSR1 (SLURM's warning before pre-emption or time-out)
   make the run checkpoint at the next step and return with status ``"interrupted"``.
 * **Runs anywhere.** CPU or CUDA, fp32 / bf16 / fp16 autocast, channels_last, and DistributedDataParallel under
-  torchrun or SLURM (:mod:`xchannel.train.distributed`).
+  torchrun or SLURM (:mod:`xchannel.train.distributed`). ``precision: auto`` (the default) is bf16 where it is
+  native and fp32 elsewhere (:mod:`xchannel.runtime`); the choice is logged, saved in ``config.json``, the
+  checkpoints and the summary, and a resumed run keeps the precision its checkpoint ran with.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -34,7 +35,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from xchannel import __version__
+from xchannel import __version__, runtime
 from xchannel.data.images import (ImageFolderDataset, ImageListDataset, ImageSamples, RandomCropMirror,
                                   ResizeCenterCrop, SkipCounter, collate_skip)
 from xchannel.data.screen import ScreenResult, load_screens, save_screens, screen_samples
@@ -233,13 +234,6 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train ``cfg.task`` as configured; returns the run summary (also written to ``summary.json``)."""
     device = resolve_device(cfg.device)
@@ -266,9 +260,16 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
         if world.is_main:
             print(f"{run_dir}: already finished ({state['step']} of {cfg.steps} steps): nothing to do")
         return {**summary, "status": "already-finished"}
+    # a resumed run keeps the precision it ran with, wherever it resumes
+    ran_with = (state or {}).get("precision", {}).get("resolved") if cfg.precision == "auto" else None
+    precision = runtime.precision_record(ran_with or cfg.precision, device)
+    precision["requested"] = cfg.precision
     if world.is_main:
+        print(f"{run_dir}: {runtime.describe_precision(precision)}; {torch.get_num_threads()} threads", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", {"xchannel": __version__, **to_dict(cfg)})
+        atomic_write_json(run_dir / "config.json", {"xchannel": __version__, **to_dict(cfg),
+                                                    "runtime": {"precision": precision,
+                                                                "cpu": runtime.cpu_capability()}})
 
     task = get_task(cfg.task)(cfg, device)
     model = task.build_model().to(device)
@@ -299,7 +300,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
         step = state["step"]
         if world.is_main:
             print(f"resuming {run_dir} from step {step}")
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision["resolved"] == "fp16")
     net = model
     if world.distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -312,6 +313,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
     t0, seen = time.perf_counter(), 0
     status = "finished"
 
+    load = runtime.LoadMonitor()
+    busy = None
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.task}", disable=not (progress and world.is_main),
                dynamic_ncols=True)
     net.train()
@@ -328,7 +331,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
             b = task.prepare(batch["image"], batch.get("has_color"))
             if cfg.channels_last:
                 b.L = b.L.contiguous(memory_format=torch.channels_last)
-            with _autocast(cfg, device):
+            with runtime.autocast(device, precision["resolved"]):
                 loss = task.loss(net, b)
             if not torch.isfinite(loss):
                 last = ckpt.list_checkpoints(run_dir)
@@ -349,16 +352,18 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
             last_loss = loss_v
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_v:.4f}", img_s=f"{rate:.1f}")
             if world.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                busy = load.warning()
                 append_jsonl(metrics_path, {"step": step, "loss": loss_v, "lr": scheduler.get_last_lr()[0],
-                                            "images_per_s": rate, "skipped": skips.skipped, "time": time.time()})
+                                            "images_per_s": rate, "skipped": skips.skipped, "time": time.time(),
+                                            **({"busy": busy} if busy else {})})
+            bar.set_postfix(loss=f"{loss_v:.4f}", img_s=f"{rate:.1f}", **({"note": busy} if busy else {}))
             if world.is_main and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                 last_val = _validate(task, model, val_set, cfg, run_dir, step, val_skips)
                 append_jsonl(metrics_path, {"step": step, "val": last_val, "time": time.time()})
             interrupted = _agree(stop.signal is not None, device, world)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupted:
-                _save(run_dir, step, model, optimizer, scheduler, cfg, world)
+                _save(run_dir, step, model, optimizer, scheduler, cfg, world, precision)
             if interrupted:
                 status = "interrupted"
                 if world.is_main:
@@ -369,6 +374,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
                "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "val": last_val,
                "data": skips.summary(), "val_data": val_skips.summary(),
                "screen": {name: result.describe() for name, result in screens.items()}, "device": str(device),
+               "precision": precision,
                "world_size": world.world_size, "checkpoint": str(ckpt.checkpoint_path(run_dir, step)),
                "xchannel": __version__}
     if world.is_main:
@@ -385,14 +391,15 @@ def _agree(flag: bool, device: torch.device, world: World) -> bool:
     return bool(t.item())
 
 
-def _save(run_dir: Path, step: int, model, optimizer, scheduler, cfg: TrainConfig, world: World) -> None:
+def _save(run_dir: Path, step: int, model, optimizer, scheduler, cfg: TrainConfig, world: World,
+          precision: dict) -> None:
     if not world.is_main:
         return
     from xchannel.models import model_checkpoint
 
     state = {**model_checkpoint(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "step": step, "rng": ckpt.rng_state(), "config": json.loads(json.dumps(to_dict(cfg))),
-             "xchannel": __version__}
+             "precision": precision, "xchannel": __version__}
     ckpt.save_checkpoint(run_dir, step, state, keep=cfg.keep_checkpoints)
 
 
