@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import xchannel.demo as demo
 from xchannel.evaluation.demo import training_scale
@@ -25,13 +26,15 @@ def test_only_run_keeps_the_other_stages_of_the_summary(tmp_path: Path, monkeypa
                                          ("beta", f"{__name__}:stage_b")])
     monkeypatch.setattr(demo, "_reuse_trained", lambda ctx: None)
     results = tmp_path / "results"
-    demo.run_demo(results, tmp_path / "work", progress=False)
+    threads = torch.get_num_threads()
+    demo.run_demo(results, tmp_path / "work", progress=False, threads=threads)
     first = json.loads((results / "summary.json").read_text())
-    assert list(first) == ["data", "alpha", "beta"] and not any("earlier_run" in v for v in first.values())
+    assert list(first) == ["data", "alpha", "beta", "machine"] and not any("earlier_run" in v for v in first.values())
+    assert first["machine"]["threads"] == threads and first["machine"]["precision"]["requested"] == "auto"
 
-    demo.run_demo(results, tmp_path / "work", only=["beta"], progress=False)
+    demo.run_demo(results, tmp_path / "work", only=["beta"], progress=False, threads=threads)
     second = json.loads((results / "summary.json").read_text())
-    assert list(second) == ["data", "alpha", "beta"]  # the stages' order, not the order they were written in
+    assert list(second) == ["data", "alpha", "beta", "machine"]  # the stages' order, not the order written in
     assert second["alpha"] == {**first["alpha"], "earlier_run": True}
     assert "earlier_run" not in second["beta"] and "earlier_run" not in second["data"]  # data always runs
     assert json.loads((results / "beta.json").read_text())["value"] == "b"

@@ -117,7 +117,7 @@ def test_bench_reports_bf16_as_not_native_on_an_avx2_cpu(tmp_path):
     assert "| train_step | bf16: images/s, full step / bare |" in table and "not native here" in table
 
 
-def test_load_monitor_sees_other_processes_not_this_ones_workers():
+def test_load_monitor_sees_other_processes_not_this_ones_workers(monkeypatch):
     burn = "import time\nt = time.time()\nwhile time.time() - t < 2.5: pass\n"
     monitor = runtime.LoadMonitor()
     # a grandchild (not this process's child) is another process's work ...
@@ -126,6 +126,8 @@ def test_load_monitor_sees_other_processes_not_this_ones_workers():
     monitor.others()
     time.sleep(1.5)
     seen_other = monitor.others()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads, why = runtime.choose_threads(0.6)  # the same busy core: one thread fewer than the cores
     other.wait()
     # ... a direct child (what a DataLoader worker is) is this run's own
     child = subprocess.Popen([sys.executable, "-c", burn])
@@ -138,3 +140,4 @@ def test_load_monitor_sees_other_processes_not_this_ones_workers():
         pytest.skip("no /proc/stat on this platform")
     assert seen_other >= 0.5  # it burnt one core for the whole interval (at least half of it on a busy machine)
     assert seen_child <= seen_other - 0.4
+    assert threads <= max(1, monitor.cores - 1) and "busy" in why

@@ -99,9 +99,27 @@ def _reuse_trained(ctx: DemoContext) -> None:
             ctx.outputs[key] = str(found[0][1])
 
 
-def run_demo(results: Path, work: Path, only: list[str] | None = None, seed: int = 0, progress: bool = True) -> dict:
+def choose_machine_settings(threads: int | None) -> dict:
+    """Threads (given, or chosen from the machine's load: :func:`xchannel.runtime.choose_threads`) and what the
+    runs' ``precision: auto`` resolves to here; printed and kept in ``summary.json``."""
+    import torch
+
+    from xchannel import runtime
+
+    why = "--threads"
+    if threads is None:
+        threads, why = runtime.choose_threads()
+    torch.set_num_threads(threads)
+    precision = runtime.precision_record("auto", "cpu")
+    print(f"== demo on {threads} thread(s) ({why}); {runtime.describe_precision(precision)}", flush=True)
+    return {"threads": threads, "threads_why": why, "precision": precision, "cpu": runtime.cpu_capability()}
+
+
+def run_demo(results: Path, work: Path, only: list[str] | None = None, seed: int = 0, progress: bool = True,
+             threads: int | None = None) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
+    machine = choose_machine_settings(threads)
     ctx = DemoContext(results=results, work=work, seed=seed, progress=progress)
     _reuse_trained(ctx)
     report: dict = {}
@@ -118,7 +136,8 @@ def run_demo(results: Path, work: Path, only: list[str] | None = None, seed: int
     summary = {name: {**entry, "earlier_run": True} for name, entry in _read_summary(results).items()
                if name not in report}
     summary.update({k: {"seconds": v["seconds"]} for k, v in report.items()})
-    atomic_write_json(results / "summary.json", {name: summary[name] for name, _ in STAGES if name in summary})
+    atomic_write_json(results / "summary.json", {**{name: summary[name] for name, _ in STAGES if name in summary},
+                                                 "machine": machine})
     return report
 
 

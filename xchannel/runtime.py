@@ -21,12 +21,15 @@ Every run records :func:`precision_record` (requested, resolved, why) in its con
 but when other processes keep the cores busy its threads wait on each other at every operation (measured here:
 6-8x slower than one thread). :class:`LoadMonitor` measures the CPU time that *other* processes take between two
 reads (``/proc/stat`` against this process's own CPU time), and the training progress line says when the machine
-is oversubscribed, with the remedy (``OMP_NUM_THREADS=1``).
+is oversubscribed, with the remedy (``OMP_NUM_THREADS=1``). :func:`choose_threads` makes that choice up front
+from a one-second look at the load (``xchannel demo`` uses it): one thread per core that other processes leave
+free. The thread count changes float rounding, so runs with different counts differ in their last digits.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import resource
 import time
@@ -220,3 +223,17 @@ class LoadMonitor:
             return (f"busy: other processes use {others:.1f} of {self.cores} cores; "
                     "OMP_NUM_THREADS=1 is faster then")
         return None
+
+
+def choose_threads(look_seconds: float = 1.0) -> tuple[int, str]:
+    """Intra-op threads for a run that starts now: ``OMP_NUM_THREADS`` when set; otherwise one per core that
+    other processes left free over the next ``look_seconds`` (at least one). Returns (threads, why)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), "OMP_NUM_THREADS is set"
+    monitor = LoadMonitor()
+    time.sleep(look_seconds)
+    others = monitor.others()
+    if others is None:
+        return torch.get_num_threads(), "load unknown on this platform: one thread per core"
+    threads = max(1, min(monitor.cores, math.floor(monitor.cores - others + 0.5)))
+    return threads, f"other processes kept {others:.1f} of {monitor.cores} cores busy"

@@ -19,13 +19,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work", default="runs/demo", help="folder for data and checkpoints (default runs/demo)")
     p.add_argument("--only", nargs="*", choices=[name for name, _ in STAGES], help="run only these stages")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (default: OMP_NUM_THREADS, else one per core that other processes leave "
+                        "free, looked at for a second at the start)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     from xchannel.demo import run_demo
 
-    report = run_demo(Path(args.out), Path(args.work), args.only, args.seed, not args.no_progress)
+    report = run_demo(Path(args.out), Path(args.work), args.only, args.seed, not args.no_progress, args.threads)
     print("demo finished: " + ", ".join(f"{k} ({v['seconds']} s)" for k, v in report.items()))
     print(f"results in {args.out}")
     return 0
