@@ -29,8 +29,8 @@ class ProposalConfig:
     in R-CNN's ``.mat`` format next to the run's results), ``file`` (``train_file`` for the training split and
     ``test_file`` for the test split, as R-CNN ships ``voc_2007_trainval.mat`` and ``voc_2007_test.mat``; read in
     ``box_format``, "" = the file type's default) or ``rpn`` (a region proposal network trained jointly on conv5).
-    ``ss_*``: the search (:class:`~xchannel.pascal.proposals.SelectiveSearchParams`; the defaults are R-CNN's fast
-    mode). ``min_size`` and ``max_proposals``: Fast R-CNN's clean-up of the boxes (sides >= 2 px, the first 2000).
+    ``selective_search``: the search (:class:`~xchannel.pascal.proposals.SelectiveSearchParams`; the defaults
+    are R-CNN's fast mode). ``min_size`` and ``max_proposals``: Fast R-CNN's clean-up of the boxes (sides >= 2 px, the first 2000).
     """
 
     method: Literal["selective_search", "file", "rpn"] = "selective_search"
@@ -38,14 +38,7 @@ class ProposalConfig:
     test_file: str = ""
     box_format: str = ""
     cache_dir: str = ""
-    ss_mode: Literal["rcnn", "fast", "quality", "single"] = "rcnn"
-    ss_ks: list[int] = field(default_factory=lambda: [50, 100])
-    ss_sigma: float = 0.8
-    ss_width: int = 500
-    ss_min_box: int = 20
-    ss_base_k: int = 150
-    ss_inc_k: int = 150
-    ss_max_side: int = 0
+    selective_search: props.SelectiveSearchParams = field(default_factory=props.SelectiveSearchParams)
     workers: int = 1
     min_size: float = 2.0
     max_proposals: int = props.DEFAULT_MAX_PROPOSALS
@@ -56,11 +49,6 @@ class ProposalConfig:
     rpn_pre_nms_test: int = 6000
     rpn_post_nms_test: int = 300
     rpn_nms: float = 0.7
-
-    def ss_params(self) -> props.SelectiveSearchParams:
-        return props.SelectiveSearchParams(mode=self.ss_mode, ks=tuple(self.ss_ks), sigma=self.ss_sigma,
-                                           width=self.ss_width, min_box=self.ss_min_box, base_k=self.ss_base_k,
-                                           inc_k=self.ss_inc_k, max_side=self.ss_max_side)
 
 
 @dataclass
@@ -165,7 +153,7 @@ PRESETS: dict[str, list[str]] = {
         "optim.iterations=300", "optim.lr=0.004", "optim.lr_step=240", "train.scales=[256,320,384]",
         "train.max_size=640", "train.checkpoint_every=0", "log_every=50", "test.scale=320",
         "test.max_size=640", "test.score_thresh=0.0", "proposals.rpn_anchor_sizes=[64,128,256]", "rescale.images=32",
-        "workers=0", "proposals.ss_width=0",
+        "workers=0", "proposals.selective_search.width=0",
     ],
 }
 

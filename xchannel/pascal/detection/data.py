@@ -140,9 +140,9 @@ def proposals_for(cfg: Config, voc: VOCDetection, which: str) -> tuple[dict[str,
     where = hashlib.sha256(str(voc.voc_root.resolve()).encode()).hexdigest()[:8]  # one cache per data set
     tag = f"{voc.voc_root.name}_{voc.split}_{where}"
     boxes, stats = props.compute_selective_search(list(zip(voc.ids, map(str, voc.images))), cache_dir=cache_dir,
-                                                  tag=tag, params=p.ss_params(), workers=p.workers,
+                                                  tag=tag, params=p.selective_search, workers=p.workers,
                                                   progress=cfg.progress)
-    return boxes, {"method": "selective_search", "params": to_dict(p.ss_params()), **stats.to_dict()}
+    return boxes, {"method": "selective_search", "params": to_dict(p.selective_search), **stats.to_dict()}
 
 
 def proposal_recall(voc: VOCDetection, proposals: dict[str, np.ndarray], min_size: float,
