@@ -1,5 +1,6 @@
-"""The cut of an encoder into a :class:`~xchannel.pascal.trunk.Trunk` for fine-tuning: the one place that knows
-which encoder families exist (our AlexNet, torchvision's AlexNet, anything else through its deepest tap)."""
+"""The cut of an encoder into a :class:`~xchannel.pascal.trunk.Trunk` for fine-tuning (:func:`build_trunk`): the one
+place of the PASCAL tasks that knows which encoder families exist (our AlexNet, torchvision's AlexNet, anything
+else through its deepest tap). One function, no other logic, so that it can move to :mod:`xchannel.features`."""
 
 from __future__ import annotations
 
@@ -11,12 +12,6 @@ import torch.nn as nn
 from xchannel.errors import UserError
 from xchannel.features.encoders import Encoder
 from xchannel.pascal.trunk import Trunk, _TapStage
-
-
-def _our_alexnet(encoder: Encoder) -> bool:
-    from xchannel.models import AlexNet
-
-    return isinstance(encoder.backbone, AlexNet)
 
 
 def build_trunk(encoder: Encoder, dropout: float = 0.5) -> Trunk:
@@ -31,8 +26,9 @@ def build_trunk(encoder: Encoder, dropout: float = 0.5) -> Trunk:
       stages (classification puts its classifier on the globally averaged map).
     """
     from xchannel.features.encoders import TorchvisionAlexNetEncoder
+    from xchannel.models import AlexNet
 
-    if _our_alexnet(encoder):
+    if isinstance(encoder.backbone, AlexNet):
         from xchannel.convert import fold_batchnorm
         from xchannel.models.alexnet import TRANSFER_INPUT
 

@@ -1,4 +1,4 @@
-"""PASCAL VOC2012 semantic segmentation with FCN-32s (Table 2, "Segmentation (% mIU)").
+"""PASCAL VOC semantic segmentation with FCN-32s (Table 2, "Segmentation (% mIU)").
 
 The paper tests "semantic segmentation on PASCAL VOC 2012, using the FCN architecture of [42] (Long, Shelhamer,
 Darrell), following the protocol in [10] (Pathak et al.)" (Sec. 3.2). The network (:class:`FCN32s`):
@@ -80,7 +80,7 @@ from xchannel.pascal.trunk import Trunk
 from xchannel.utils.io import atomic_torch_save
 
 NAME = "seg"
-HELP = "VOC2012 segmentation with FCN-32s (Table 2, % mean IU)"
+HELP = "segmentation with FCN-32s, SBD train -> VOC2011 seg11valid as the authors ran it (Table 2, % mean IU)"
 NUM_CLASSES = len(VOC_CLASSES) + 1  # background + 20
 
 
