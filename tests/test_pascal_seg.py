@@ -33,8 +33,8 @@ from xchannel.features.encoders import load_encoder
 from xchannel.errors import UserError
 from xchannel.pascal.config import RescaleConfig
 from xchannel.pascal.encoder_cut import build_trunk
-from xchannel.pascal.segmentation import (FCN32s, SBDAugmented, SBDSegmentation, bilinear_kernel, run_task,
-                                          seg11valid_ids, segmentation_loss)
+from xchannel.data.sbd import SBDAugmented, SBDSegmentation, seg11valid_ids
+from xchannel.pascal.segmentation import FCN32s, bilinear_kernel, run_task, segmentation_loss
 from xchannel.pascal.segmentation import Config as SegConfig
 
 WIDTH_SPEC = "gaussian:width=0.125"

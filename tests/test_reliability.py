@@ -357,6 +357,11 @@ def test_a_damaged_voc_tree_is_refused_naming_the_file(tmp_path, capsys, damage)
     assert "Traceback" not in err and str(broken.parent) in err
     assert re.search(VOC_DAMAGE[damage], err), err
     assert not (tmp_path / "cls.json").exists() and not (tmp_path / "seg.json").exists()
+    if damage == "box_outside_image":  # training names the option that clips such boxes, and runs with it
+        assert "--clip-boxes" in err
+        rc, _, err = run_cli(capsys, *argv, "--clip-boxes", "--iterations", "1", "--no-rescale", "--set",
+                             "optim.batch_size=2", "--set", "data.test_crops=1")
+        assert rc == 0 and json.loads((tmp_path / "cls.json").read_text())["config"]["clip_boxes"] is True, err
     if damage == "missing_mask":
         return
     # the devkit evaluator reads the same annotations: malformed XML stops it too, but a box past the image or an

@@ -25,10 +25,11 @@ The default data and solver are the authors' own segmentation runs (``feature_le
 their release: ``train_val.prototxt``, ``solver0.prototxt``, ``solve.py``):
 
 * training on SBD's ``train`` list (``voc2011bh_segtrain``, 8,498 images on the real data), read from SBD's release
-  layout (``dataset/img/<id>.jpg``, ``dataset/cls/<id>.mat`` with ``GTcls.Segmentation``; :class:`SBDSegmentation`);
+  layout (``dataset/img/<id>.jpg``, ``dataset/cls/<id>.mat`` with ``GTcls.Segmentation``;
+  :class:`~xchannel.data.sbd.SBDSegmentation`);
 * scoring on ``seg11valid``: the VOC2011 segmentation ``val`` images that are not in SBD ``train`` (736 images,
   ``test_iter: 736``), read from ``VOC2011/ImageSets/Segmentation/seg11valid.txt`` or, when that list is absent,
-  derived from VOC2011's ``val.txt`` and SBD's ``train.txt`` (:func:`seg11valid_ids`);
+  derived from VOC2011's ``val.txt`` and SBD's ``train.txt`` (:func:`~xchannel.data.sbd.seg11valid_ids`);
 * SGD momentum 0.9, weight decay 5e-4, ``iter_size`` 20, 150,000 iterations in three phases of 50,000 at
   1e-4, 1e-5 and 1e-6 (``solve.py --phase 0/1/2``; ``solver0.prototxt``: "first used this for 50k iterations",
   the two lower rates commented out); every layer at lr x1, biases x2 without weight decay;
@@ -60,13 +61,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from xchannel.data.images import BadImageError, Skipped, SkipCounter, ToTensor, collate_skip_lists, load_rgb
-from xchannel.data.voc import (IGNORE_INDEX, VOC_CLASSES, PairedCropMirror, VOCSegmentation, load_mask,
-                               read_image_set, resolve_root)
+from xchannel.data.images import SkipCounter, collate_skip_lists
+from xchannel.data.sbd import SBDAugmented, SBDSegmentation, SegmentationItems, seg11valid_ids
+from xchannel.data.voc import IGNORE_INDEX, VOC_CLASSES, PairedCropMirror, VOCSegmentation
 from xchannel.errors import UserError
 from xchannel.metrics.segmentation import ConfusionMatrix
 from xchannel.pascal.config import (CaffeSolver, FinetuneConfig, add_common_arguments, add_preset_argument,
@@ -328,33 +328,7 @@ class FCN32s(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Data: SBD, VOC and the authors' validation list
-
-
-def _load_sbd_mask(path: Path) -> np.ndarray:
-    """SBD's ``cls/<id>.mat``: ``GTcls.Segmentation`` (H x W class indices 0..20)."""
-    from scipy.io import loadmat
-
-    if not path.is_file():
-        raise UserError(f"{path}: SBD mask not found")
-    try:
-        mat = loadmat(str(path))
-        seg = np.asarray(mat["GTcls"][0]["Segmentation"][0], dtype=np.int64)
-    except (KeyError, IndexError, ValueError, OSError, NotImplementedError) as err:
-        raise UserError(f"{path}: not an SBD class mask (GTcls.Segmentation): {type(err).__name__}: {err}") from None
-    bad = (seg > len(VOC_CLASSES)) & (seg != IGNORE_INDEX) | (seg < 0)
-    if bad.any():
-        raise UserError(f"{path}: mask values {sorted(set(np.unique(seg[bad]).tolist()))[:10]} are not class indices")
-    return seg.astype(np.uint8)
-
-
-def read_sbd_list(sbd_root: Path, split: str) -> list[str]:
-    """The ids of SBD's ``<split>.txt`` (``train`` or ``val``), checked to exist."""
-    path = Path(sbd_root) / f"{split}.txt"
-    if not path.is_file():
-        raise UserError(f"{path}: SBD image list not found (SBD's dataset folder holds img/, cls/, train.txt, "
-                        f"val.txt)")
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+# Data: SBD (:mod:`xchannel.data.sbd`), VOC and the authors' validation list
 
 
 def find_sbd(cfg: Config) -> Path:
@@ -375,114 +349,8 @@ def find_sbd(cfg: Config) -> Path:
                     f"--preset voc2012")
 
 
-class _SegmentationItems(Dataset):
-    """Items ``{"image", "mask", "index", "id", "path"}`` of ``ids`` from per-id image paths and mask readers."""
 
-    def __init__(self, ids: list[str], transforms: Any = None) -> None:
-        self.ids = ids
-        self.transforms = transforms
-
-    def image_path(self, i: str) -> Path:
-        raise NotImplementedError
-
-    def mask(self, i: str) -> np.ndarray:
-        raise NotImplementedError
-
-    def files(self) -> list[tuple[str, Path]]:
-        """(id, image path) of every item: the images of the rescaling."""
-        return [(i, self.image_path(i)) for i in self.ids]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict | Skipped:
-        i = self.ids[index]
-        path = self.image_path(i)
-        try:
-            img = load_rgb(path, upright=False)  # the stored pixels, as the masks were made on them
-        except BadImageError as err:
-            return Skipped(index, err.path, err.reason)
-        mask = self.mask(i)
-        if mask.shape != (img.height, img.width):
-            raise UserError(f"mask of {i} is {mask.shape[1]}x{mask.shape[0]} but {path} is {img.width}x{img.height}")
-        if self.transforms is not None:
-            image, mask_t = self.transforms(img, Image.fromarray(mask, "L"))
-        else:
-            image, mask_t = ToTensor()(img), torch.from_numpy(mask.astype(np.int64))
-        return {"image": image, "mask": mask_t, "index": index, "id": i, "path": str(path)}
-
-
-class SBDSegmentation(_SegmentationItems):
-    """SBD in its release layout: ``<sbd_root>/<split>.txt`` ids, ``img/<id>.jpg`` images and ``cls/<id>.mat``
-    masks (``GTcls.Segmentation``). ``split="train"`` is the authors' training set (``voc2011bh_segtrain``)."""
-
-    def __init__(self, sbd_root: str | Path, split: str = "train", transforms: Any = None) -> None:
-        self.sbd = Path(sbd_root)
-        super().__init__(read_sbd_list(self.sbd, split), transforms)
-        missing = [i for i in self.ids if not (self.sbd / "img" / f"{i}.jpg").is_file()
-                   or not (self.sbd / "cls" / f"{i}.mat").is_file()]
-        if missing:
-            raise UserError(f"{self.sbd}: {len(missing)} image(s) of {split}.txt lack img/<id>.jpg or cls/<id>.mat, "
-                            f"e.g. {', '.join(missing[:5])}")
-        self.counts = {"sbd_" + split: len(self.ids), "total": len(self.ids)}
-
-    def image_path(self, i: str) -> Path:
-        return self.sbd / "img" / f"{i}.jpg"
-
-    def mask(self, i: str) -> np.ndarray:
-        return _load_sbd_mask(self.sbd / "cls" / f"{i}.mat")
-
-
-class SBDAugmented(_SegmentationItems):
-    """The SBD-augmented training set: (SBD train ∪ SBD val ∪ VOC``year`` seg train) minus VOC``year`` seg val.
-
-    ``sbd_root`` is SBD's ``dataset`` folder (``img/``, ``cls/``, ``train.txt``, ``val.txt``). Masks come from
-    VOC's ``SegmentationClass`` PNG where one exists (with its void borders) and from SBD's ``cls/<id>.mat``
-    otherwise; images from VOC's ``JPEGImages``, else SBD's ``img/``.
-    """
-
-    def __init__(self, voc_root: str | Path, sbd_root: str | Path, year: str = "2012", voc_train: str = "train",
-                 voc_val: str = "val", transforms: Any = None) -> None:
-        self.voc = resolve_root(voc_root, year)
-        self.sbd = Path(sbd_root)
-        if not (self.sbd / "cls").is_dir():
-            raise UserError(f"{self.sbd}: not SBD's dataset folder (no cls/ folder of .mat masks)")
-        sbd_ids = read_sbd_list(self.sbd, "train") + read_sbd_list(self.sbd, "val")
-        voc_ids = read_image_set(voc_root, year, voc_train, "Segmentation")
-        held_out = set(read_image_set(voc_root, year, voc_val, "Segmentation"))
-        super().__init__(sorted((set(sbd_ids) | set(voc_ids)) - held_out), transforms)
-        self.counts = {"sbd": len(set(sbd_ids)), "voc_train": len(voc_ids), "removed_val": len(held_out &
-                       (set(sbd_ids) | set(voc_ids))), "total": len(self.ids)}
-
-    def image_path(self, i: str) -> Path:
-        voc = self.voc / "JPEGImages" / f"{i}.jpg"
-        return voc if voc.is_file() else self.sbd / "img" / f"{i}.jpg"
-
-    def mask(self, i: str) -> np.ndarray:
-        png = self.voc / "SegmentationClass" / f"{i}.png"
-        return load_mask(png) if png.is_file() else _load_sbd_mask(self.sbd / "cls" / f"{i}.mat")
-
-
-def seg11valid_ids(voc_root: str | Path, sbd_root: Path, year: str = "2011") -> tuple[list[str], str]:
-    """The authors' validation images (``segvalid11``): VOC``year`` segmentation ``val`` minus SBD ``train``.
-
-    Read from ``ImageSets/Segmentation/seg11valid.txt`` when the file exists (FCN's list; it must not hold an SBD
-    training image, or training images would be scored), else derived from ``val.txt`` and SBD's ``train.txt``.
-    Returns the ids and where they came from."""
-    sbd_train = set(read_sbd_list(sbd_root, "train"))
-    listed = resolve_root(voc_root, year) / "ImageSets" / "Segmentation" / "seg11valid.txt"
-    if listed.is_file():
-        ids = read_image_set(voc_root, year, "seg11valid", "Segmentation")
-        overlap = sorted(set(ids) & sbd_train)
-        if overlap:
-            raise UserError(f"{listed}: {len(overlap)} of its images are in SBD's training list "
-                            f"{sbd_root / 'train.txt'} (e.g. {', '.join(overlap[:3])}); seg11valid must exclude them")
-        return ids, str(listed)
-    ids = [i for i in read_image_set(voc_root, year, "val", "Segmentation") if i not in sbd_train]
-    return ids, f"VOC{year} Segmentation/val.txt minus {sbd_root / 'train.txt'}"
-
-
-def training_set(cfg: Config) -> _SegmentationItems | VOCSegmentation:
+def training_set(cfg: Config) -> SegmentationItems | VOCSegmentation:
     d = cfg.data
     transforms = PairedCropMirror(d.train_crop, train=True) if d.train_crop else None
     if d.train == "sbd":
@@ -561,7 +429,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise UserError(f"{cfg.voc}: the segmentation training set ({d.train}) has {len(train_ds)} and the "
                         f"validation set ({val_source}) {len(val_ds)} images; both must be non-empty")
-    train_files = train_ds.files() if isinstance(train_ds, _SegmentationItems) else None
+    train_files = train_ds.files() if isinstance(train_ds, SegmentationItems) else None
 
     t0 = time.perf_counter()
     if prepared is None:
@@ -707,7 +575,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Config", "FCN32s", "PRESETS", "SBDAugmented", "SBDSegmentation", "SegData", "add_arguments",
-           "bilinear_kernel", "find_sbd", "reference_solver", "seg11valid_ids", "validation_set",
-           "ceil_mode_pools", "config", "crop_offset", "evaluate", "run", "run_task", "segmentation_loss",
-           "training_set"]
+__all__ = ["Config", "FCN32s", "PRESETS", "SegData", "add_arguments", "bilinear_kernel", "ceil_mode_pools", "config",
+           "crop_offset", "evaluate", "find_sbd", "reference_solver", "run", "run_task", "segmentation_loss",
+           "training_set", "validation_set"]

@@ -28,11 +28,11 @@ different numbers, so each is a named preset:
     (not biases), lr 0.01 divided by 10 after epochs 8, 16 and 24.
 
 Every preset puts a BatchNorm without affine parameters (per channel, batch statistics in training, running
-statistics at test) in front of its linear layer, as VISSL's ``eval_mlp`` head ("Zhang et al. style BN -> FC"),
-and trains with SGD, momentum 0.9, weight decay 5e-4, lr 0.01 and x0.1 steps. The paper gives no schedule; the
-zhang16-release and zhang16 presets use goyal19's, with the steps at the same fractions (8/28, 16/28, 24/28) of however many
-epochs are run. Vector features (fc6, fc7, or any N x D tap) are never pooled, nor are maps a preset does not
-list that are already below 10,000 dimensions (pool5: 256x6x6 = 9216).
+statistics at test) in front of its linear layer, as VISSL's ``eval_mlp`` head ("Zhang et al. style BN -> FC"), and
+trains with SGD, momentum 0.9, weight decay 5e-4, lr 0.01 and x0.1 steps. The paper gives no schedule; the
+zhang16-release and zhang16 presets use goyal19's, with the steps at the same fractions (8/28, 16/28, 24/28) of
+however many epochs are run. Vector features (fc6, fc7, or any N x D tap) are never pooled, nor are maps a preset
+does not list that are already below 10,000 dimensions (pool5: 256x6x6 = 9216).
 
 A new protocol is one :class:`Protocol` in :data:`PROTOCOLS`.
 """
@@ -239,4 +239,5 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-__all__ = ["DEFAULT_PROTOCOL", "DIM_LIMIT", "PROTOCOLS", "Pool", "PoolSpec", "Protocol", "Schedule", "equal_kernel", "get_protocol"]
+__all__ = ["DEFAULT_PROTOCOL", "DIM_LIMIT", "PROTOCOLS", "Pool", "PoolSpec", "Protocol", "Schedule", "equal_kernel",
+           "get_protocol"]

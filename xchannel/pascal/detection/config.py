@@ -30,7 +30,8 @@ class ProposalConfig:
     ``test_file`` for the test split, as R-CNN ships ``voc_2007_trainval.mat`` and ``voc_2007_test.mat``; read in
     ``box_format``, "" = the file type's default) or ``rpn`` (a region proposal network trained jointly on conv5).
     ``selective_search``: the search (:class:`~xchannel.pascal.proposals.SelectiveSearchParams`; the defaults
-    are R-CNN's fast mode). ``min_size`` and ``max_proposals``: Fast R-CNN's clean-up of the boxes (sides >= 2 px, the first 2000).
+    are R-CNN's fast mode). ``min_size`` and ``max_proposals``: Fast R-CNN's clean-up of the boxes (sides >= 2 px,
+    the first 2000).
     """
 
     method: Literal["selective_search", "file", "rpn"] = "selective_search"
