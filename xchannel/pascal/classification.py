@@ -127,17 +127,22 @@ class Config(FinetuneConfig):
             problems.append(f"data.crop must be >= 0 (got {d.crop})")
         if self.optim.iterations < 1:
             problems.append(f"optim.iterations must be >= 1 (got {self.optim.iterations})")
+        if self.optim.iter_size != 1:
+            problems.append(f"optim.iter_size must be 1: classification updates on every batch of optim.batch_size "
+                            f"images (got {self.optim.iter_size})")
         self.check("classification", problems)
 
 
 #: Named configurations (``--preset``), as overrides of the defaults. ``paper``: the protocol as published.
 #: ``demo``: the embedded data set (100 trainval images of ~160 px) in ~10 s of one CPU core: 60 iterations of 8
-#: images at lr 3e-4 (halved after 40), 3 test crops, 32 images for the rescaling (and a k-means
+#: images at the reference rate 1e-3 (halved after 40), 3 test crops, 32 images for the rescaling (and a k-means
 #: initialisation: the same images as detection's demo, so that both start from the same k-means network).
+#: Measured on the embedded set (k-means width 0.25, gray, seed 0): fc8 13.6 / 15.9 / 15.5 % mAP and all layers
+#: 14.5 / 14.6 / 15.0 at lr 3e-4 / 1e-3 / 3e-3, against ~10.6 for the label prior.
 PRESETS: dict[str, list[str]] = {
     "paper": [],
-    "demo": ["optim.iterations=60", "optim.batch_size=8", "optim.lr=0.0003", "optim.lr_step=40",
-             "data.test_crops=3", "rescale.images=32", "log_every=20"],
+    "demo": ["optim.iterations=60", "optim.batch_size=8", "optim.lr_step=40", "data.test_crops=3",
+             "rescale.images=32", "log_every=20"],
 }
 
 

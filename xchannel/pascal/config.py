@@ -66,7 +66,6 @@ class RescaleConfig:
             raise UserError(f"{where}.alpha must be in (0, 1] (got {self.alpha})")
 
 
-
 @dataclass
 class CaffeSolver:
     """SGD as Caffe's solver runs it: ``lr * lr_gamma ** floor(it / lr_step)`` (``lr_step <= 0``: fixed), momentum,

@@ -86,7 +86,7 @@ def load_init_images(voc_root: str | Path, year: str | int, split: str, count: i
         if len(images) == count:
             break
         try:
-            images.append(transform(load_rgb(paths[i])))
+            images.append(transform(load_rgb(paths[i], upright=False)))  # stored pixels, as the tasks read them
             used.append(ids[i])
         except BadImageError as err:
             counter.add(err.path, err.reason)

@@ -114,6 +114,9 @@ class Config(FinetuneConfig):
     def validate(self) -> None:
         o, t, s, p = self.optim, self.train, self.test, self.proposals
         problems = []
+        if o.iter_size != 1:
+            problems.append(f"optim.iter_size must be 1: detection updates on every minibatch of optim.batch_size "
+                            f"images (got {o.iter_size})")
         if t.rois_per_batch < o.batch_size:
             problems.append(f"train.rois_per_batch must be >= optim.batch_size (got {t.rois_per_batch}, "
                             f"{o.batch_size})")
