@@ -267,7 +267,7 @@ def test_voc_errors_name_the_file_and_the_problem(tmp_path):
     bad.write_text(_xml(_obj("dog", (3, 4, 60, 20))))  # xmax 60 > width 50
     with pytest.raises(UserError, match=r"bad\.xml: box \(3, 4, 60, 20\) of 'dog' is empty or outside the 50x40"):
         read_annotation(bad)
-    assert read_annotation(bad, clip_boxes=True)["objects"][0]["bbox"] == (3, 4, 50, 20)
+    assert read_annotation(bad, "clip")["objects"][0]["bbox"] == (3, 4, 50, 20)
     (voc / "SegmentationClass" / "000002.png").unlink()
     with pytest.raises(UserError, match=r"segmentation mask PNG\(s\) missing: .*SegmentationClass/000002\.png"):
         VOCSegmentation(tmp_path / "VOCdevkit", 2007, "trainval")
@@ -286,3 +286,26 @@ def test_paired_crop_keeps_image_and_mask_aligned():
         assert im.shape == (3, 16, 16) and m.shape == (16, 16)
         assert (m[12:] == 255).all() and (im[:, 12:] == 0).all()  # padded rows: void in the mask, black image
         assert torch.equal(im[0, :12].long(), m[:12])  # same crop and mirror for both
+
+
+def test_exif_orientation_never_misaligns_voc_boxes(tmp_path):
+    """The devkit reads stored pixels (MATLAB's imread ignores the EXIF orientation tag), and VOC boxes refer to
+    them. A photo stored 50 x 40 with orientation 6 ("rotate 90° clockwise to view") and annotated on the stored
+    pixels is read as stored, so its box still covers the same pixels; annotated on the turned 40 x 50 view, its
+    <size> contradicts the stored pixels and reading it stops with an error naming the image and the tag."""
+    voc = _voc_tree(tmp_path)
+    photo = np.zeros((40, 50, 3), np.uint8)
+    photo[1:15, 0:20] = 255  # the dog of 000001: pixels 1..20 x 1..15 (1-based), as stored
+    exif = Image.Exif()
+    exif[274] = 6
+    Image.fromarray(photo).save(voc / "JPEGImages" / "000001.jpg", quality=95, exif=exif)
+    item = VOCDetection(tmp_path / "VOCdevkit", 2007, "trainval")[0]
+    assert item["image"].shape[-2:] == (40, 50)  # not turned: upright would give 50 x 40
+    x1, y1, x2, y2 = item["boxes"][0].tolist()
+    inside = item["image"][0, y1 - 1:y2, x1 - 1:x2].float().mean()
+    assert inside > 200  # the box covers the white pixels it was drawn on
+
+    (voc / "Annotations" / "000001.xml").write_text(_xml(_obj("dog", (1, 1, 15, 20)), w=40, h=50))
+    with pytest.raises(UserError, match=r"000001\.jpg: the stored image is 50x40 but its annotation .*000001\.xml "
+                                        r"says <size> 40x50; its EXIF orientation tag \(6\)"):
+        VOCDetection(tmp_path / "VOCdevkit", 2007, "trainval")[0]

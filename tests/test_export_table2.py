@@ -114,7 +114,7 @@ PAPER_OURS = {"Ours (gray)": [52.4, 61.5, 65.9, 46.9, 35.0], "Ours (color)": [52
 
 
 def _record(path: Path, column: str, value: float, mode: str, created: str, dataset: str = "embedded") -> Path:
-    """A result file in the layout of xchannel.pascal.common.result_record (the fields Table 2 reads)."""
+    """A result file in the layout of xchannel.pascal.record.result_record (the fields Table 2 reads)."""
     path.write_text(json.dumps({
         "kind": "pascal", "task": {"det": "detection", "seg": "segmentation"}.get(column, "classification"),
         "table2_column": column, "headline": {"metric": "mAP", "value": value, "label": "..."},

@@ -147,16 +147,16 @@ def _dets(rows) -> ClassDetections:
 
 
 def test_detection_ap_duplicates_difficult_and_the_half_overlap_boundary():
-    res = voc_det_ap(_dets(DOG_DETS), DOG_GT)
+    res = voc_det_ap(_dets(DOG_DETS), DOG_GT, inclusive=False)
     assert res.npos == 3
     assert res.tp.tolist() == [True, False, False, False, True]  # d3 and d7 (difficult) are gone
     assert res.precision.tolist() == pytest.approx([1, 1 / 2, 1 / 3, 1 / 4, 2 / 5])
     assert res.ap == pytest.approx(DOG_AP_STRICT, abs=1e-12)
-    incl = voc_det_ap(_dets(DOG_DETS), DOG_GT, inclusive=True)
+    incl = voc_det_ap(_dets(DOG_DETS), DOG_GT)  # the devkit's >= is the default
     assert incl.tp.tolist() == [True, False, False, True, True]
     assert incl.ap == pytest.approx(DOG_AP_INCLUSIVE, abs=1e-12)
     # The order of lines in the file does not matter when confidences are distinct.
-    assert voc_det_ap(_dets(DOG_DETS[::-1]), DOG_GT).ap == pytest.approx(DOG_AP_STRICT, abs=1e-12)
+    assert voc_det_ap(_dets(DOG_DETS[::-1]), DOG_GT, inclusive=False).ap == pytest.approx(DOG_AP_STRICT, abs=1e-12)
     with pytest.raises(ValueError, match="unrecognized image 'zz'"):
         voc_det_ap(_dets([("zz", 1.0, (1, 1, 2, 2))]), DOG_GT)
 
@@ -281,21 +281,66 @@ def test_cli_voc_det_table_json_and_missing_class_files(tiny_voc, capsys):
     out, err = capsys.readouterr()
     payload = json.loads(out)
     assert list(payload["ap"]) == list(VOC_CLASSES)
-    assert payload["ap"]["dog"] == pytest.approx(DOG_AP_STRICT, abs=1e-12)
+    assert payload["ap"]["dog"] == pytest.approx(DOG_AP_INCLUSIVE, abs=1e-12)  # VOCevaldet.m's ovmax >= 0.5
     assert payload["ap"]["cat"] == pytest.approx(6 / 11, abs=1e-12)
     assert payload["ap"]["person"] == 0.0  # missing result file -> AP 0 ...
     assert "comp4_det_test_person.txt not found" in err  # ... with a warning
-    assert payload["map"] == pytest.approx((DOG_AP_STRICT + 6 / 11) / 20, abs=1e-12)
+    assert payload["map"] == pytest.approx((DOG_AP_INCLUSIVE + 6 / 11) / 20, abs=1e-12)
 
-    assert main([*base, "--inclusive-iou", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["ap"]["dog"] == pytest.approx(DOG_AP_INCLUSIVE, abs=1e-12)
+    assert main([*base, "--strict-iou", "--json"]) == 0  # py-faster-rcnn's ovmax > 0.5
+    assert json.loads(capsys.readouterr().out)["ap"]["dog"] == pytest.approx(DOG_AP_STRICT, abs=1e-12)
 
     assert main(base) == 0
     table = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
-    assert rows["dog"] == ["47.3", "3", "7"]  # AP %, non-difficult objects, detections
+    assert rows["dog"] == ["74.5", "3", "7"]  # AP %, non-difficult objects, detections
     assert rows["cat"] == ["54.5", "2", "2"]
-    assert rows["mAP"] == [f"{100 * (DOG_AP_STRICT + 6 / 11) / 20:.1f}"]  # 5.1
+    assert rows["mAP"] == [f"{100 * (DOG_AP_INCLUSIVE + 6 / 11) / 20:.1f}"]  # 6.5
+
+
+def test_cli_and_detection_task_score_the_same_files_alike(tiny_voc, capsys):
+    from xchannel.pascal.detection import evaluate_results
+
+    devkit, results = tiny_voc
+    assert main(["evaluate", "voc-det", "--devkit", str(devkit), "--results", str(results), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    task = evaluate_results(devkit, "2007", "test", results)
+    assert task["map"] == pytest.approx(100 * cli["map"], abs=1e-9)
+    assert task["ap"]["dog"] == pytest.approx(100 * DOG_AP_INCLUSIVE, abs=1e-9)
+    assert task["match"] == "IoU >= 0.5"
+
+
+def test_ground_truth_from_annotation_tools_is_scored_as_the_devkit_scores_it(tmp_path, capsys):
+    # A labelling tool's file: a box starting at pixel 0 and one reaching past the 100 x 60 image, float
+    # coordinates, no <difficult>/<truncated>/<pose>, and an object of a class outside VOC's 20 (not scored).
+    voc = tmp_path / "VOCdevkit" / "VOC2007"
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("t1\n")
+    (voc / "Annotations" / "t1.xml").write_text(
+        "<annotation><size><width>100</width><height>60</height></size>"
+        "<object><name>dog</name><bndbox><xmin>0</xmin><ymin>0</ymin><xmax>19</xmax><ymax>9</ymax></bndbox></object>"
+        "<object><name>dog</name><bndbox><xmin>80.5</xmin><ymin>40</ymin><xmax>101</xmax><ymax>60</ymax></bndbox>"
+        "</object><object><name>lamp</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax>"
+        "</bndbox></object></annotation>")
+    results = tmp_path / "res"
+    results.mkdir()
+    # d1 equals the first ground-truth box as written (IoU 1: widths 19 - 0 + 1 = 20). d2 covers the second box's
+    # in-image part x 81..100: its IoU with the box as written (80.5..101, width 21.5 x 21 = 451.5) is
+    # 20 x 21 / 451.5 = 0.930 -> TP. Had the evaluator clipped the box or rounded it, d1 would still match, but
+    # a strict reader refuses the file outright.
+    (results / "comp4_det_test_dog.txt").write_text("t1 0.9 0 0 19 9\nt1 0.8 81 40 100 60\nt1 0.7 30 30 40 40\n")
+    args = ["evaluate", "voc-det", "--devkit", str(tmp_path / "VOCdevkit"), "--results", str(results), "--json"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    # TP TP FP, npos 2: precision 1 at recall 1 -> 11-point AP 1.
+    assert json.loads(out)["ap"]["dog"] == pytest.approx(1.0)
+    warnings = [ln for ln in err.splitlines() if "annotation file(s)" in ln]
+    assert len(warnings) == 1 and "t1.xml" in warnings[0] and "lamp" in warnings[0]
+
+    from xchannel.data.voc import read_annotation
+    with pytest.raises(Exception, match=r"t1\.xml.*--clip-boxes"):  # training refuses the file and says why
+        read_annotation(voc / "Annotations" / "t1.xml", "strict")
 
 
 def test_cli_voc_det_malformed_result_line_names_file_and_line(tiny_voc, capsys):

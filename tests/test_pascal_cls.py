@@ -19,6 +19,8 @@ What is checked, and why it would fail on a wrong implementation:
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 from pathlib import Path
@@ -32,10 +34,12 @@ from PIL import Image
 from xchannel.cli import main as cli_main
 from xchannel.features.encoders import load_encoder
 from xchannel.models import AlexNet, model_checkpoint
-from xchannel.pascal.classification import (Config, MultiView, OptimConfig, RandomScaleCrop, VOCClassifier,
-                                            build_optimizer, multilabel_loss, predict, run_task, trainable_groups)
-from xchannel.pascal.common import (RescaleConfig, build_trunk, clip_gradients, freeze_groups, load_init_images,
-                                    set_lr, step_lr)
+from xchannel.pascal.classification import (Config, MultiView, RandomScaleCrop, VOCClassifier, build_optimizer,
+                                            multilabel_loss, predict, reference_solver, run_task, trainable_groups)
+from xchannel.pascal.config import RescaleConfig
+from xchannel.pascal.encoder_cut import build_trunk
+from xchannel.pascal.prepare import load_init_images
+from xchannel.pascal.solver import clip_gradients, freeze_groups, set_lr, step_lr
 from xchannel.utils.io import atomic_torch_save
 
 WIDTH = 0.125  # 12-32-48-48-32 channels, fc 512: the CaffeNet layers, small
@@ -78,7 +82,7 @@ def _steps(model: VOCClassifier, layers: str, n: int = 2) -> dict[str, torch.Ten
     """Freeze for ``layers``, take ``n`` SGD steps of the reference solver; return the state before."""
     freeze_groups(model.trunk, trainable_groups(model.trunk, layers))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt = build_optimizer(model, OptimConfig(lr=1e-2))
+    opt = build_optimizer(model, dataclasses.replace(reference_solver(), lr=1e-2))
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(4, 1, 227, 227, generator=gen) * 100
     labels = torch.randint(-1, 2, (4, 20), generator=gen)
@@ -107,8 +111,8 @@ def test_freezing_leaves_frozen_layers_bit_identical(layers: str, trained: set[s
 
 
 def test_reference_solver_multipliers_and_protocol_numbers() -> None:
-    o = OptimConfig()
-    # Krähenbühl et al.'s voc-classification solver, as the issue states it
+    o = Config().optim
+    # Krähenbühl et al.'s voc-classification solver (train_cls.py)
     assert (o.iterations, o.batch_size, o.lr, o.lr_step, o.lr_gamma) == (80_000, 16, 1e-3, 10_000, 0.5)
     assert (o.momentum, o.weight_decay, o.clip_gradients) == (0.9, 1e-6, 10.0)
     aug = Config().data
@@ -117,14 +121,16 @@ def test_reference_solver_multipliers_and_protocol_numbers() -> None:
     opt = build_optimizer(model, o)
     set_lr(opt, step_lr(o.lr, 25_000, o.lr_step, o.lr_gamma))  # two halvings
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    # setLR(t, 1, 2) and setDecay(t, 1, 1) for every trained layer: the fc layers and the new fc8 learn at the
+    # convolutions' rate (x10 there would undo the rescaling's equal rates), biases at twice it, all decayed x1
     base = 1e-3 / 4
-    expect = {"trunk.conv.conv3.conv.weight": base, "trunk.conv.conv3.conv.bias": 2 * base,
-              "trunk.fc.fc6.fc.weight": 10 * base, "trunk.fc.fc7.fc.bias": 20 * base,
-              "fc8.weight": 10 * base, "fc8.bias": 20 * base}
     params = dict(model.named_parameters())
-    for name, lr in expect.items():
-        assert lr_of[id(params[name])] == pytest.approx(lr, rel=1e-12), name
-    assert all(g["weight_decay"] == 1e-6 for g in opt.param_groups)
+    for name in ("trunk.conv.conv3.conv", "trunk.fc.fc6.fc", "trunk.fc.fc7.fc", "fc8"):
+        assert lr_of[id(params[name + ".weight"])] == pytest.approx(base, rel=1e-12), name
+        assert lr_of[id(params[name + ".bias"])] == pytest.approx(2 * base, rel=1e-12), name
+        assert wd_of[id(params[name + ".weight"])] == wd_of[id(params[name + ".bias"])] == 1e-6, name
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(params)
 
 
 def test_step_policy_and_clipping() -> None:
@@ -213,6 +219,8 @@ def test_end_to_end_json_and_color_equals_gray_with_frozen_conv1(voc: Path, gray
     steps = [s["step"] for s in on_disk["encoder"]["preparation"]]
     assert steps == ["fold_batchnorm", "rescale"] and on_disk["row"]["dataset"] == "embedded"
     assert len(on_disk["history"]) == 2 and on_disk["data"]["test"]["evaluated"] == 16
+    groups = {g["name"]: (g["lr_mult"], g["decay_mult"]) for g in on_disk["protocol"]["param_groups"]}
+    assert groups == {"fc8.weights": (1.0, 1.0), "fc8.biases": (2.0, 1.0)}  # fc8 mode: only fc8 trains
 
     # Sec. 3.2: with conv1 frozen the color model (zero ab weights, rescaled as the gray net) sees gray only
     color = run_task(_tiny_cfg(voc, str(gray_checkpoint), "color", tmp_path / "color.json"))
@@ -310,7 +318,7 @@ def test_rescaled_gaussian_baseline_has_unit_scale_activations(voc: Path, tmp_pa
     """The Gaussian rows of Table 2 start from Gaussian weights with the within-layer step, then the between-layer
     rescaling: every layer's activations are O(1) on held-out images (without the first step fc7 is ~1e-7 and
     the rows sit at the label prior). ``xchannel rescale gaussian`` saves exactly what the tasks prepare."""
-    from xchannel.pascal.common import prepare_encoder
+    from xchannel.pascal.prepare import prepare_encoder
 
     x, _ = load_init_images(voc, 2007, "test", 8, 227, seed=3)  # not the trainval images of the rescaling
     cfg = dict(voc_root=voc, year=2007, split="trainval", seed=1)

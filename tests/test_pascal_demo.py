@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import synthetic_voc
 
-from xchannel.pascal.common import prepare_encoder
+from xchannel.pascal.prepare import prepare_encoder
 from xchannel.pascal.demo import BASELINE_RUNS, DemoRun, demo_runs, run_config
 
 

@@ -3,11 +3,14 @@
 What is checked, and why it would fail on a wrong implementation:
 
 * the output has the input's size for odd, tiny and large inputs (100 px padding, Caffe's rounded-up pools, the
-  crop at the coord_map offset: 18 px for FCN's AlexNet net with its 63 px kernel, 18.5 exactly with 64 px), also
-  for an encoder without fc layers (a timm ResNet);
-* the 64 x 64 stride-32 upsampling starts as bilinear interpolation: its kernel equals
-  (1 - |i - 31.5| / 32)(1 - |j - 31.5| / 32) on the diagonal channel pairs, zero elsewhere, and it reproduces a
+  crop at the coord_map offset: exactly 18 px with the authors' 63 px kernel, 18.5 with 64 px), also for an
+  encoder without fc layers (a timm ResNet);
+* the 63 x 63 stride-32 upsampling starts as bilinear interpolation: its kernel equals
+  (1 - |i - 31| / 32)(1 - |j - 31| / 32) on the diagonal channel pairs, zero elsewhere, and it reproduces a
   constant map exactly (the taps of each phase sum to 1);
+* the default protocol is the authors' (SBD train in its release format -> VOC2011 seg11valid, 150k iterations
+  at 1e-4 / 1e-5 / 1e-6, biases x2 without decay): seg11valid is VOC2011 val minus SBD train, read from its list or
+  derived, and a list that holds a training image is refused;
 * fc6/fc7 as convolutions compute exactly the trunk's fc6/fc7 at 227 px;
 * pixels labelled 255 neither count in the loss nor receive a gradient; the loss is the mean over labelled pixels;
 * the SBD-augmented training set is SBD train + val + VOC train minus VOC val, with SBD's .mat masks read;
@@ -27,8 +30,11 @@ import torch
 
 from xchannel.data.voc import load_mask, read_image_set
 from xchannel.features.encoders import load_encoder
-from xchannel.pascal.common import RescaleConfig, build_trunk
-from xchannel.pascal.segmentation import (FCN32s, SBDAugmented, bilinear_kernel, run_task, segmentation_loss)
+from xchannel.errors import UserError
+from xchannel.pascal.config import RescaleConfig
+from xchannel.pascal.encoder_cut import build_trunk
+from xchannel.data.sbd import SBDAugmented, SBDSegmentation, seg11valid_ids
+from xchannel.pascal.segmentation import FCN32s, bilinear_kernel, run_task, segmentation_loss
 from xchannel.pascal.segmentation import Config as SegConfig
 
 WIDTH_SPEC = "gaussian:width=0.125"
@@ -45,13 +51,13 @@ def fcn() -> FCN32s:
 
 
 def test_output_size_equals_input_size(fcn: FCN32s) -> None:
-    assert fcn.stride == 32 and fcn.offset_exact == 18.5 and fcn.offset == 18
+    assert fcn.stride == 32 and fcn.offset_exact == 18.0 and fcn.offset == 18  # the authors' 63 px kernel
     with torch.no_grad():
         for h, w in [(1, 1), (37, 53), (64, 96), (227, 227), (250, 181)]:
             y = fcn(torch.rand(1, 1, h, w) * 100)
             assert y.shape == (1, 21, h, w), (h, w)
-    fcn63 = FCN32s(build_trunk(load_encoder(WIDTH_SPEC, "gray", seed=1)), upsample_kernel=63)
-    assert fcn63.offset_exact == 18.0  # the crop of FCN's voc-fcn-alexnet net
+    fcn64 = FCN32s(build_trunk(load_encoder(WIDTH_SPEC, "gray", seed=1)), upsample_kernel=64)
+    assert fcn64.offset_exact == 18.5  # half a pixel off
 
 
 def test_generic_encoder_head_covers_the_input() -> None:
@@ -66,17 +72,21 @@ def test_generic_encoder_head_covers_the_input() -> None:
 
 def test_upsampling_is_bilinear(fcn: FCN32s) -> None:
     w = fcn.upscore.weight
-    assert w.shape == (21, 21, 64, 64) and fcn.upscore.stride == (32, 32) and not w.requires_grad
-    i = torch.arange(64, dtype=torch.float64)
-    r = 1 - (i - 31.5).abs() / 32
+    assert w.shape == (21, 21, 63, 63) and fcn.upscore.stride == (32, 32) and not w.requires_grad
+    i = torch.arange(63, dtype=torch.float64)
+    r = 1 - (i - 31).abs() / 32
     formula = (r[:, None] * r[None, :]).float()
-    assert torch.equal(bilinear_kernel(64), formula)
+    assert torch.equal(bilinear_kernel(63), formula)
+    i64 = torch.arange(64, dtype=torch.float64)
+    r64 = 1 - (i64 - 31.5).abs() / 32
+    assert torch.equal(bilinear_kernel(64), (r64[:, None] * r64[None, :]).float())
     eye = torch.eye(21, dtype=torch.bool)
     assert all(torch.equal(w[c, c], formula) for c in range(21))
     assert w[~eye].abs().max() == 0
     with torch.no_grad():  # interpolation of a constant is that constant (away from the borders)
         up = fcn.upscore(torch.full((1, 21, 5, 5), 3.0))
     assert torch.allclose(up[..., 32:-32, 32:-32], torch.tensor(3.0), atol=1e-5)
+    assert torch.equal(fcn.upscore.weight[0, 0], bilinear_kernel(63))
     assert fcn.score.weight.abs().max() == 0 and fcn.score.bias.abs().max() == 0  # FCN's zero-initialised score
 
 
@@ -139,6 +149,41 @@ def test_sbd_augmented_training_set(voc: Path, tmp_path: Path) -> None:
     assert torch.equal(item["mask"], torch.from_numpy(expect))
 
 
+def test_default_is_the_authors_protocol_on_sbd_in_its_release_format(voc: Path, tmp_path: Path) -> None:
+    cfg = SegConfig()
+    o = cfg.optim
+    assert (cfg.data.train, cfg.data.year, cfg.data.val_split, cfg.upsample_kernel) == ("sbd", "2011", "seg11valid",
+                                                                                      63)
+    assert (o.iterations, o.lr, o.lr_step, o.lr_gamma, o.iter_size) == (150_000, 1e-4, 50_000, 0.1, 20)
+    assert (o.momentum, o.weight_decay, o.bias_lr_mult, o.bias_decay_mult) == (0.9, 5e-4, 2.0, 0.0)
+
+    # the embedded data set's SBD tree (MATLAB files read by scipy) and the authors' validation list
+    sbd = voc.parent / "SBD" / "dataset"
+    train = SBDSegmentation(sbd, "train")
+    sbd_train = (sbd / "train.txt").read_text().split()
+    assert train.ids == sbd_train and len(train) > 0
+    item = train[0]
+    from scipy.io import loadmat
+    seg = loadmat(str(sbd / "cls" / f"{train.ids[0]}.mat"))["GTcls"][0]["Segmentation"][0]
+    assert torch.equal(item["mask"], torch.from_numpy(seg.astype(np.int64)))
+    assert item["image"].shape[-2:] == seg.shape and int(item["mask"].max()) <= 20  # SBD has no void
+    val = read_image_set(voc, 2011, "val", "Segmentation")
+    ids, source = seg11valid_ids(voc, sbd)
+    assert ids == [i for i in val if i not in set(sbd_train)] and 0 < len(ids) < len(val)
+    assert source.endswith("seg11valid.txt")
+    listed = voc / "VOC2011" / "ImageSets" / "Segmentation" / "seg11valid.txt"
+    kept = listed.read_text()
+    try:
+        listed.unlink()  # without the list it is derived: the same images
+        derived, source = seg11valid_ids(voc, sbd)
+        assert derived == ids and "minus" in source
+        listed.write_text(kept + sbd_train[0] + "\n")  # a list that holds a training image is refused
+        with pytest.raises(UserError, match=r"seg11valid\.txt: 1 of its images are in SBD's training list"):
+            seg11valid_ids(voc, sbd)
+    finally:
+        listed.write_text(kept)
+
+
 def test_end_to_end_writes_mean_iu_and_pixel_accuracy(voc: Path, tmp_path: Path) -> None:
     cfg = SegConfig(encoder=WIDTH_SPEC, input_mode="color", ab_branch=True, voc=str(voc), out=str(tmp_path / "s.json"),
                     progress=False, log_every=1, rescale=RescaleConfig(images=3), device="cpu")
@@ -150,7 +195,14 @@ def test_end_to_end_writes_mean_iu_and_pixel_accuracy(voc: Path, tmp_path: Path)
     assert 0 <= m["mean_iu"] <= 100 and 0 <= m["pixel_accuracy"] <= 100
     ius = [v for v in m["iu"].values() if v is not None]
     assert m["mean_iu"] == pytest.approx(np.mean(ius)) and on_disk["headline"]["value"] == m["mean_iu"]
-    assert on_disk["data"]["val"]["evaluated"] == len(read_image_set(voc, 2012, "val", "Segmentation"))
+    seg11valid = read_image_set(voc, 2011, "seg11valid", "Segmentation")
+    assert on_disk["data"]["val"]["evaluated"] == len(seg11valid)
+    assert on_disk["data"]["train"]["images"] == len((voc.parent / "SBD" / "dataset" / "train.txt").read_text().split())
     assert on_disk["protocol"]["network"]["crop_offset"] == 18 and on_disk["protocol"]["ab_branch"]
     assert [s["step"] for s in on_disk["encoder"]["preparation"]] == ["rescale", "ab_branch"]
+    assert on_disk["encoder"]["preparation"][0]["images"]["split"] == "SBD train"  # rescaled on SBD's images
     assert "conv1_ab" in on_disk["encoder"]["trunk"]["groups"] and len(result["history"]) == 2
+    groups = {g["name"]: (g["lr_mult"], g["decay_mult"]) for g in on_disk["protocol"]["param_groups"]}
+    assert groups["fc6.weights"] == (1.0, 1.0) and groups["fc6.biases"] == (2.0, 0.0)  # the authors' param blocks
+    assert groups["score.biases"] == (2.0, 0.0) and groups["conv1_ab.weights"] == (1.0, 1.0)
+    assert not any(name.startswith("upscore") for name in groups)  # fixed bilinear upsampling

@@ -65,12 +65,12 @@ def test_zhang16_dims_at_227():
     assert zhang.pool_spec("conv5", (256, 13, 13), "floor").out_shape == (256, 6, 6)
 
 
-def test_goyal19_and_bilinear_dims_match_vissl():
+def test_goyal19_and_released_probe_dims_match_vissl():
     """VISSL's AlexNet heads: 9600, 9216, 9600, 9600, 9216. Formula floor((H - k) / s) + 1:
     conv1 (55-19)/4+1 = 10 -> 96*100; conv2 (27-12)/3+1 = 6 -> 256*36; conv3/4 (13-9)+1 = 5 -> 384*25;
-    conv5 (13-8)+1 = 6 -> 256*36. The bilinear sizes 10, 6, 5, 5, 6 give the same dimensions."""
+    conv5 (13-8)+1 = 6 -> 256*36. The authors' released probe resizes to 10, 6, 5, 5, 6: the same dimensions."""
     vissl = {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
-    for name in ("goyal19", "bilinear"):
+    for name in ("goyal19", "zhang16-release"):
         proto = PROTOCOLS[name]
         for layer, shape in CAFFENET_227.items():
             spec = proto.pool_spec(layer, shape)
@@ -79,6 +79,24 @@ def test_goyal19_and_bilinear_dims_match_vissl():
             if name == "goyal19":
                 assert h == w == (shape[1] - k) // s + 1
             assert spec.dim == vissl[layer], (name, layer)
+
+
+def test_default_is_the_protocol_of_the_published_numbers():
+    """Fig. 7's published curves come from the authors' released probe (conv5 resized to 6 x 6 = 9216 dims), not
+    from the paper sentence's equal-kernel pooling (conv5 5 x 5 = 6400): the default protocol, the figure7 sweep and
+    the overlay's record all name the same protocol, and a plot of another protocol says it differs."""
+    import yaml
+
+    from xchannel.commands.plot import published_numbers
+    from xchannel.sweep.spec import resolve_spec_path
+
+    published = published_numbers("figure7")
+    assert ProbeConfig().protocol == published["protocol"] == "zhang16-release"
+    assert yaml.safe_load(resolve_spec_path("figure7").read_text())["variables"]["protocol"] == "zhang16-release"
+    spec = PROTOCOLS["zhang16-release"].pool_spec("conv5", CAFFENET_227["conv5"])
+    assert (spec.kind, spec.out_shape, spec.dim) == ("bilinear", (256, 6, 6), 9216)
+    assert PROTOCOLS["zhang16"].pool_spec("conv5", CAFFENET_227["conv5"]).dim == 6400
+    assert "released linear probe" in published["notes"] and "kernel = stride" not in published["notes"]
 
 
 def test_probe_dims_on_the_real_network_and_cli_json(capsys):
@@ -156,7 +174,7 @@ def test_kmeans_encoder_beats_chance_and_cache_replays(data, tmp_path):
 
 def test_result_records_protocol_data_and_code(data, tmp_path):
     r = run_probe(small_cfg(data, tmp_path, layers=["conv2"], epochs=1, ten_crop=True))
-    assert r["protocol"]["name"] == "zhang16" and r["protocol"]["eval_views"] == 10
+    assert r["protocol"]["name"] == "zhang16-release" and r["protocol"]["eval_views"] == 10
     assert r["config"]["layers"] == ["conv2"] and r["config"]["encoder"] == "gaussian:width=0.25"
     assert r["data"]["classes"] == 4 and r["data"]["images"] == {"train": 96, "val": 48}
     assert r["data"]["evaluated"] == 48 and not r["data"]["is_imagenet"] and len(r["data"]["class_list_sha256"]) == 64

@@ -66,7 +66,9 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     da, db, dc = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
     assert da == db and len(da) > 40
     images = [k for k in da if k.endswith((".jpg", ".JPEG"))]
-    assert len(images) == 3 * 3 + 4 + 2 + 4
+    # ImageFolder 3 x 3, VOC2007 4 + 2, VOC2012 4, VOC2011 4, SBD: copies of VOC2011's 2 train images + 2 own
+    assert len(images) == 3 * 3 + 4 + 2 + 4 + 4 + 4
+    assert len([k for k in da if k.startswith("SBD/dataset/cls/") and k.endswith(".mat")]) == 4
     assert all(da[k] != dc[k] for k in images)
     assert a["imagenet"]["images"] == {"train": 6, "val": 3}
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["spec"]["seed"] == 3
@@ -74,11 +76,11 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 def test_cli_writes_summary_and_refuses_to_overwrite(tmp_path, capsys):
     args = ["make-data", str(tmp_path), "--seed", "2", "--classes", "2", "--train-per-class", "1", "--val-per-class",
-            "1", "--voc-trainval", "2", "--voc-test", "1", "--size", "48", "--no-voc2012", "--no-progress"]
+            "1", "--voc-trainval", "2", "--voc-test", "1", "--size", "48", "--no-voc2012", "--no-sbd", "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "wrote 7 images" in out and "VOC2007: train 1, val 1, trainval 2, test 1" in out
-    assert not (tmp_path / "VOCdevkit" / "VOC2012").exists()
+    assert not (tmp_path / "VOCdevkit" / "VOC2012").exists() and not (tmp_path / "SBD").exists()
     assert main(args) == 2
     assert "already holds imagenet, VOCdevkit, manifest.json; use --force" in capsys.readouterr().err
     assert main(args + ["--force"]) == 0
@@ -216,7 +218,8 @@ def test_default_set_generates_well_under_a_minute(tmp_path):
     m = make_dataset(tmp_path, SyntheticSpec())
     seconds = time.perf_counter() - start
     print(f"\ndefault synthetic set: {m['images']} images in {seconds:.1f} s")
-    assert m["images"] == 16 * 50 + 100 + 100 + 100
+    assert m["images"] == 16 * 50 + 100 + 100 + 100 + 100 + 50  # ... VOC2012, VOC2011, SBD's own images
+    assert m["sbd"]["seg11valid"] > 0 and m["sbd"]["train"] > 50
     assert m["voc"]["2007"]["difficult"] > 0 and m["voc"]["2007"]["truncated"] > 0
     assert len(m["imagenet"]["gray_images"]) > 0
     gray = tmp_path / "imagenet" / m["imagenet"]["gray_images"][0]

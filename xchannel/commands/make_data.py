@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"VOC trainval images per year (default {d.voc_trainval})")
     parser.add_argument("--voc-test", type=int, default=d.voc_test, help=f"VOC2007 test images (default {d.voc_test})")
     parser.add_argument("--no-voc2012", action="store_true", help="do not write the VOC2012 tree")
+    parser.add_argument("--no-sbd", action="store_true", help="do not write the VOC2011 and SBD trees")
     parser.add_argument("--size", type=int, default=d.size, help=f"shorter image side in pixels (default {d.size})")
     parser.add_argument("--gray-fraction", type=float, default=d.gray_fraction,
                         help=f"share of ImageFolder images stored as grayscale JPEGs (default {d.gray_fraction})")
@@ -45,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = SyntheticSpec(
         seed=args.seed, classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-        voc_trainval=args.voc_trainval, voc_test=args.voc_test, voc2012=not args.no_voc2012, size=args.size,
+        voc_trainval=args.voc_trainval, voc_test=args.voc_test, voc2012=not args.no_voc2012, sbd=not args.no_sbd,
+        size=args.size,
         gray_fraction=args.gray_fraction, jpeg_quality=args.quality,
     )
     m = make_dataset(args.out, spec, overwrite=args.force, progress=not args.no_progress)
@@ -57,4 +59,6 @@ def run(args: argparse.Namespace) -> int:
         splits = ", ".join(f"{k} {n}" for k, n in v["images"].items())
         print(f"  VOC{year}: {splits}; {v['objects']} objects ({v['difficult']} difficult, "
               f"{v['truncated']} truncated)")
+    if m.get("sbd"):
+        print(f"  SBD: train {m['sbd']['train']}, val {m['sbd']['val']}; VOC2011 seg11valid {m['sbd']['seg11valid']}")
     return 0

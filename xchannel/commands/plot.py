@@ -132,20 +132,23 @@ def plot_figure7(results: Sequence[dict[str, Any]], args: argparse.Namespace):
             label = f"{label} ({enc.get('input_mode')})"
         ax.plot([x[layer] for layer in layers], [r["layers"][layer][metric] for layer in layers],
                 linestyle=":" if gray else "-", marker="o", color=colour, linewidth=2, label=label)
+    protocols = sorted({r.get("protocol", {}).get("name", "?") for r in results})
     if published:
         grays = plt.get_cmap("Greys")
+        theirs = published.get("protocol", "protocol not stated")
         for i, row in enumerate(published["rows"]):
             pts = [(x[c], v) for c, v in zip(published["columns"], row["values"]) if v is not None]
             ax.plot(*zip(*pts), linestyle=":" if row.get("input") == "gray" else "-", marker="x", linewidth=1,
                     color=grays(0.45 + 0.5 * i / max(1, len(published["rows"]) - 1)),
-                    label=f"{row['name']} (published)")
+                    label=f"{row['name']} (published, {theirs})")
     ax.set_xticks(range(len(axis)), axis)
     ax.set_xlabel("layer")
     ax.set_ylabel(f"{'top-1' if metric == 'top1' else 'top-5'} accuracy (%)")
     data_names = sorted({r.get("data", {}).get("name", "?") for r in results})
-    protocols = sorted({r.get("protocol", {}).get("name", "?") for r in results})
-    ax.set_title(getattr(args, "title", None) or
-                 f"Linear classification on frozen layers: {', '.join(data_names)} ({', '.join(protocols)})")
+    title = f"Linear classification on frozen layers: {', '.join(data_names)} ({', '.join(protocols)})"
+    if published and protocols != [published.get("protocol")]:  # two protocols on one plot: say so
+        title += f"\npublished lines: {published.get('protocol', 'protocol not stated')}, another protocol"
+    ax.set_title(getattr(args, "title", None) or title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

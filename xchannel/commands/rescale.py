@@ -6,7 +6,7 @@ fine-tuning (``rescale.enabled``); this command does it once and saves the resul
 runs can start from it (with ``--no-rescale``), and it produces the k-means-initialised networks of Table 2's
 k-means rows (spec ``kmeans``: initialised on the same images, then rescaled).
 
-What it does (:func:`xchannel.pascal.common.prepare_encoder`): load the encoder for the transfer geometry (227 px
+What it does (:func:`xchannel.pascal.prepare.prepare_encoder`): load the encoder for the transfer geometry (227 px
 CaffeNet), fold BatchNorm into the layers, take ``--images`` training images (center crops), and scale each
 affine layer k of conv1 ... fc7 by s_k so that the rate C_k = E[||grad W_k||^2] / ||W_k||^2 (loss eta . fc7(x),
 eta a fixed random direction) is the same for all layers, biases by the cumulative product of the scales. ReLU and
@@ -45,7 +45,7 @@ Examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from xchannel.features.encoders import SPEC_HELP
-    from xchannel.pascal.common import WITHIN_LAYER
+    from xchannel.pascal.config import WITHIN_LAYER
 
     p.add_argument("encoder", help=f"encoder spec: {SPEC_HELP}")
     p.add_argument("--voc", required=True, help="VOCdevkit folder (or its parent): the images come from it")
@@ -70,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
     from xchannel.errors import UserError
     from xchannel.features.encoders import TorchvisionAlexNetEncoder
     from xchannel.models import AlexNet, model_checkpoint
-    from xchannel.pascal.common import RescaleConfig, code_version, prepare_encoder, resolve_device
+    from xchannel.pascal.config import RescaleConfig
+    from xchannel.pascal.prepare import prepare_encoder
+    from xchannel.pascal.record import code_version
+    from xchannel.pascal.solver import resolve_device
     from xchannel.utils.io import atomic_torch_save, atomic_write_json
 
     if args.images < 1:

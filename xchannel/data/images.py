@@ -101,12 +101,14 @@ class BadImageError(UserError):
 # Decoding
 
 
-def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, *, upright: bool = True) -> Image.Image:
     """Decode ``path`` to an upright 8-bit RGB image (see the module docstring for every case handled).
 
-    Raises :class:`BadImageError` naming the file and the problem; never returns a partially decoded image.
+    ``upright=False`` keeps the pixels as stored, ignoring an EXIF orientation tag, as MATLAB's ``imread`` in the
+    VOC devkit reads them (VOC annotations refer to the stored pixels). Raises :class:`BadImageError` naming the
+    file and the problem; never returns a partially decoded image.
     """
-    return _decode(path, max_pixels, reduced=False)
+    return _decode(path, max_pixels, reduced=False, upright=upright)
 
 
 def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
@@ -126,7 +128,7 @@ def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -
     return None
 
 
-def _decode(path: str | os.PathLike, max_pixels: int, reduced: bool) -> Image.Image:
+def _decode(path: str | os.PathLike, max_pixels: int, reduced: bool, upright: bool = True) -> Image.Image:
     """:func:`load_rgb`; ``reduced``: decode a JPEG at its smallest DCT scale (see :func:`check_image`)."""
     path = Path(path)
     try:
@@ -153,7 +155,7 @@ def _decode(path: str | os.PathLike, max_pixels: int, reduced: bool) -> Image.Im
                 if reduced and img.format == "JPEG":
                     img.draft(img.mode, (1, 1))  # the smallest scale libjpeg offers: 1/8 (1/4, 1/2 when tiny)
                 img.load()  # decode now, inside the error handling (Image.open is lazy)
-                return _to_rgb(_upright(img))
+                return _to_rgb(_upright(img) if upright else img)
     except BadImageError:
         raise
     except Image.DecompressionBombError as err:

@@ -12,6 +12,13 @@ a small data set that exercises every benchmark through the real on-disk formats
   objects), ImageSets/Main (train, val, trainval, test and the per-class ``<cls>_<split>.txt`` with 1 / 0 / -1) and
   ImageSets/Segmentation (train, val, trainval, test). ``VOC2012`` holds another draw with train/val splits
   (the segmentation benchmark's year).
+* ``OUT/VOCdevkit/VOC2011`` (another draw, the year of the authors' segmentation validation) and
+  ``OUT/SBD/dataset``: the Semantic Boundaries Dataset in its release layout, ``img/<id>.jpg``, ``cls/<id>.mat``
+  (MATLAB files with the struct ``GTcls``: ``Segmentation``, class indices 0..20 without void, ``Boundaries``, a
+  20 x 1 cell of sparse boundary maps, ``CategoriesPresent``), ``train.txt`` and ``val.txt``. As in the real
+  release, SBD holds images of VOC2011 (every segmentation ``train`` image and a third of ``val``) and images of
+  its own; ``VOC2011/ImageSets/Segmentation/seg11valid.txt`` lists the VOC2011 ``val`` images that are not in
+  SBD ``train``, the authors' validation set.
 * ``OUT/manifest.json``: the spec, the classes with their colour modes, file counts and the generation time.
 
 What makes colorization a meaningful pretext task here
@@ -36,6 +43,7 @@ always gives byte-identical files, and adding classes or images leaves the exist
 from __future__ import annotations
 
 import colorsys
+import io
 import math
 import os
 import shutil
@@ -120,6 +128,7 @@ class SyntheticSpec:
     voc_trainval: int = 100  # VOC2007 trainval (split in halves into train / val); VOC2012 trainval as well
     voc_test: int = 100  # VOC2007 test
     voc2012: bool = True
+    sbd: bool = True  # VOC2011 (voc_trainval images) and the SBD tree (those of VOC2011 plus voc_trainval // 2 own)
     size: int = 160  # shorter image side, pixels
     gray_fraction: float = 0.02  # share of ImageFolder images stored as grayscale JPEGs
     jpeg_quality: int = 90
@@ -474,8 +483,9 @@ DIFFICULT_SIDE, DIFFICULT_SIDE_SHARE, DIFFICULT_VISIBLE_SHARE = 8, 0.06, 0.35
 BOUNDARY_BAND = 2
 
 
-def voc_targets(scene: Scene) -> tuple[list[dict], np.ndarray]:
-    """Annotations (devkit boxes of the visible extent, difficult/truncated flags) and the segmentation mask.
+def voc_targets(scene: Scene) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Annotations (devkit boxes of the visible extent, difficult/truncated flags), the segmentation mask and the
+    class labels without void (SBD's kind of mask: class index + 1 on the visible pixels of annotated objects).
 
     An object is annotated when at least ``MIN_VISIBLE_PIXELS`` and ``MIN_VISIBLE_SHARE`` of it are visible; it
     is difficult when its visible box is small, when it is heavily occluded, or when no pixel of it survives the
@@ -521,7 +531,7 @@ def voc_targets(scene: Scene) -> tuple[list[dict], np.ndarray]:
         })
     mask = labels.copy()
     mask[band | void] = IGNORE_INDEX
-    return annotations, mask
+    return annotations, mask, labels
 
 
 def annotation_xml(image_id: str, folder: str, size: tuple[int, int], objects: list[dict]) -> bytes:
@@ -554,7 +564,8 @@ def annotation_xml(image_id: str, folder: str, size: tuple[int, int], objects: l
 # Writing the trees
 
 _STREAM_IMAGENET = {"train": 1, "val": 2}
-_STREAM_VOC = {("2007", "trainval"): 3, ("2007", "test"): 4, ("2012", "trainval"): 5}
+_STREAM_VOC = {("2007", "trainval"): 3, ("2007", "test"): 4, ("2012", "trainval"): 5, ("2011", "trainval"): 6}
+_STREAM_SBD = 7
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -631,7 +642,7 @@ def _write_voc_year(devkit: Path, year: str, splits: dict[str, list[str]], spec:
         for j, image_id in enumerate(ids):
             rng = _rng(spec.seed, _STREAM_VOC[(year, stream)], j)
             scene = render_voc_image(rng, spec.size)
-            objects, mask = voc_targets(scene)
+            objects, mask, _ = voc_targets(scene)
             h, w = scene.owner.shape
             _save_jpeg(scene.rgb, root / "JPEGImages" / f"{image_id}.jpg", spec.jpeg_quality)
             xml = annotation_xml(image_id, f"VOC{year}", (w, h), objects)
@@ -657,6 +668,64 @@ def _write_voc_year(devkit: Path, year: str, splits: dict[str, list[str]], spec:
             "truncated": n_truncated}
 
 
+#: The descriptive text of a MAT-file version 5 header (116 bytes).
+MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, written by xchannel make-data".ljust(116, b" ")
+
+
+def _sbd_mat(labels: np.ndarray, path: Path) -> None:
+    """SBD's ``cls/<id>.mat``: the struct ``GTcls`` with ``Segmentation`` (H x W uint8 class indices),
+    ``Boundaries`` (20 x 1 cell of sparse H x W maps of each class's boundary pixels) and ``CategoriesPresent``."""
+    from scipy.io import savemat
+    from scipy.sparse import csc_matrix
+
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    boundaries = np.empty((len(VOC_CLASSES), 1), dtype=object)
+    for k in range(len(VOC_CLASSES)):
+        boundaries[k, 0] = csc_matrix(edge & (labels == k + 1))
+    present = np.array([k for k in range(1, len(VOC_CLASSES) + 1) if (labels == k).any()], dtype=np.uint8)
+    buf = io.BytesIO()
+    savemat(buf, {"GTcls": {"Segmentation": labels.astype(np.uint8), "Boundaries": boundaries,
+                            "CategoriesPresent": present.reshape(-1, 1)}}, do_compression=True)
+    data = bytearray(buf.getvalue())
+    data[:116] = MAT_HEADER  # the 116-byte text header, which scipy stamps with the time: same spec, same bytes
+    path.write_bytes(bytes(data))
+
+
+def _write_sbd(out: Path, devkit: Path, spec: SyntheticSpec, progress: _Progress) -> dict:
+    """The SBD tree (``out/dataset``) over the VOC2011 tree in ``devkit`` and ``seg11valid.txt`` (module
+    docstring)."""
+    voc = devkit / "VOC2011"
+    seg_train = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    seg_val = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    root = out / "dataset"
+    for sub in ("img", "cls"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    overlap = seg_val[: len(seg_val) // 3]
+    for image_id in seg_train + overlap:  # SBD's copies of VOC2011 images, annotated without void
+        rng = _rng(spec.seed, _STREAM_VOC[("2011", "trainval")], (seg_train + seg_val).index(image_id))
+        _, _, labels = voc_targets(render_voc_image(rng, spec.size))
+        shutil.copyfile(voc / "JPEGImages" / f"{image_id}.jpg", root / "img" / f"{image_id}.jpg")
+        _sbd_mat(labels, root / "cls" / f"{image_id}.mat")
+    own = _voc_ids("2011", "sbd", max(spec.voc_trainval // 2, 2), len(seg_train) + len(seg_val))
+    for j, image_id in enumerate(own):
+        scene = render_voc_image(_rng(spec.seed, _STREAM_SBD, j), spec.size)
+        _, _, labels = voc_targets(scene)
+        _save_jpeg(scene.rgb, root / "img" / f"{image_id}.jpg", spec.jpeg_quality)
+        _sbd_mat(labels, root / "cls" / f"{image_id}.mat")
+        progress.step()
+    cut = (4 * len(own)) // 5
+    train, val = seg_train + overlap + own[:cut], own[cut:]
+    _write_lines(root / "train.txt", train)
+    _write_lines(root / "val.txt", val)
+    seg11valid = [i for i in seg_val if i not in set(train)]
+    _write_lines(voc / "ImageSets" / "Segmentation" / "seg11valid.txt", seg11valid)
+    return {"train": len(train), "val": len(val), "seg11valid": len(seg11valid)}
+
+
 def make_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, *, overwrite: bool = False,
                  progress: bool = False) -> dict:
     """Draw the data set of ``spec`` into ``out`` (see the module docstring); returns the manifest.
@@ -668,7 +737,7 @@ def make_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, *, o
     spec = spec or SyntheticSpec()
     spec.validate()
     out = Path(out)
-    targets = ("imagenet", "VOCdevkit", "manifest.json")
+    targets = ("imagenet", "VOCdevkit", "SBD", "manifest.json")
     existing = [t for t in targets if (out / t).exists()]
     if existing and not overwrite:
         raise UserError(f"{out}: already holds {', '.join(existing)}; use --force to replace them")
@@ -677,7 +746,8 @@ def make_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, *, o
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     total = (spec.classes * (spec.train_per_class + spec.val_per_class) + spec.voc_trainval + spec.voc_test
-             + (spec.voc_trainval if spec.voc2012 else 0))
+             + (spec.voc_trainval if spec.voc2012 else 0)
+             + (spec.voc_trainval + max(spec.voc_trainval // 2, 2) if spec.sbd else 0))
     tmp = Path(tempfile.mkdtemp(prefix=".make-data-", dir=out))
     try:
         bar = None
@@ -693,6 +763,11 @@ def make_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, *, o
         if spec.voc2012:
             voc["2012"] = _write_voc_year(tmp / "VOCdevkit", "2012", {
                 "trainval": _voc_ids("2012", "trainval", spec.voc_trainval, 0)}, spec, prog)
+        sbd = None
+        if spec.sbd:
+            voc["2011"] = _write_voc_year(tmp / "VOCdevkit", "2011", {
+                "trainval": _voc_ids("2011", "trainval", spec.voc_trainval, 0)}, spec, prog)
+            sbd = _write_sbd(tmp / "SBD", tmp / "VOCdevkit", spec, prog)
         if bar is not None:
             bar.close()
         manifest = {
@@ -702,6 +777,7 @@ def make_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, *, o
                          "voc_name": c.voc_name} for c in SHAPE_CLASSES],
             "imagenet": imagenet,
             "voc": voc,
+            "sbd": sbd,
             "images": total,
             "seconds": round(time.perf_counter() - start, 3),
         }
@@ -709,7 +785,8 @@ def make_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, *, o
         for t in targets:
             if (out / t).exists():
                 os.replace(out / t, tmp / f"old-{t}")
-            os.replace(tmp / t, out / t)
+            if (tmp / t).exists():
+                os.replace(tmp / t, out / t)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest

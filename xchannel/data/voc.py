@@ -78,14 +78,35 @@ def resolve_root(root: str | os.PathLike, year: str | int) -> Path:
 # Annotations
 
 
-def read_annotation(xml_path: str | os.PathLike, clip_boxes: bool = False) -> dict:
+#: How :func:`read_annotation` treats boxes that the devkit would take as written but a trainer should not:
+#: ``strict`` refuses them (an error naming the file), ``clip`` clips them to the image, ``devkit`` keeps every
+#: coordinate exactly as written (floats included) and notes the irregularity instead (evaluation).
+BOX_POLICIES = ("strict", "clip", "devkit")
+
+
+def read_annotation(xml_path: str | os.PathLike, box_policy: str = "strict") -> dict:
     """Parse one VOC annotation file.
 
-    Returns ``{"filename", "size": (w, h, depth), "segmented": bool, "objects": [{"name", "bbox": (xmin, ymin,
-    xmax, ymax), "difficult": bool, "truncated": bool}]}``. Errors (a :class:`UserError` naming the file):
-    malformed XML (with line and column), missing fields, an unknown class name, a box outside the image or
-    empty. With ``clip_boxes=True`` a box reaching outside the image is clipped to it instead (1..w, 1..h).
+    Returns ``{"filename", "size": (w, h, depth) or None, "segmented": bool, "objects": [{"name", "bbox": (xmin,
+    ymin, xmax, ymax), "difficult": bool, "truncated": bool}], "irregular": [text, ...]}``. Missing
+    ``<difficult>``, ``<truncated>``, ``<pose>`` and ``<depth>`` read as the devkit's defaults (0, 0, none, 3).
+    Malformed XML (with line and column), a missing ``<name>`` or ``<bndbox>`` coordinate, or a non-number is
+    always an error naming the file.
+
+    ``box_policy`` (:data:`BOX_POLICIES`) decides about boxes and sizes the devkit does not check:
+
+    * ``strict`` (training's default): coordinates rounded to integers; an unknown class, a missing or zero
+      ``<size>``, or a box that is empty or reaches outside ``1..w x 1..h`` is an error that names the file and
+      points at ``--clip-boxes``;
+    * ``clip``: as strict, but a box reaching outside the image is clipped to it (an empty box stays an error);
+    * ``devkit`` (evaluation): nothing is refused and nothing is changed. ``VOCreadxml``/``PASreadrecord`` read
+      the coordinates as numbers and ``VOCevaldet.m`` scores every box of the class as written (pixel-inclusive
+      widths ``x2 - x1 + 1``) and ignores objects of other classes; each irregularity (a box starting at 0 or
+      reaching past ``<size>``, float coordinates, an unknown class, a missing ``<size>``) is listed in
+      ``irregular`` for the caller's warning.
     """
+    if box_policy not in BOX_POLICIES:
+        raise ValueError(f"box_policy must be one of {BOX_POLICIES}, got {box_policy!r}")
     xml_path = Path(xml_path)
     try:
         tree = ET.parse(xml_path)
@@ -99,6 +120,10 @@ def read_annotation(xml_path: str | os.PathLike, clip_boxes: bool = False) -> di
     root = tree.getroot()
     if root.tag != "annotation":
         raise UserError(f"{xml_path}: not a VOC annotation (root element <{root.tag}>, expected <annotation>)")
+    devkit = box_policy == "devkit"
+    hint = ("; clip such boxes to the image with --clip-boxes (config clip_boxes=true), or fix the annotation "
+            "(boxes are 1-based and pixel-inclusive: 1 <= xmin <= xmax <= width)")
+    irregular: list[str] = []
 
     def text(node: ET.Element, tag: str, default: str | None = None) -> str:
         child = node.find(tag)
@@ -108,46 +133,87 @@ def read_annotation(xml_path: str | os.PathLike, clip_boxes: bool = False) -> di
             raise UserError(f"{xml_path}: missing <{tag}> in <{node.tag}>")
         return child.text.strip()
 
-    def integer(node: ET.Element, tag: str, default: str | None = None) -> int:
+    def number(node: ET.Element, tag: str, default: str | None = None) -> float:
         value = text(node, tag, default)
         try:
-            return int(round(float(value)))  # a few real VOC files write coordinates as "273.0"
+            return float(value)
         except ValueError:
             raise UserError(f"{xml_path}: <{tag}> is not a number: {value!r}") from None
 
+    def integer(node: ET.Element, tag: str, default: str | None = None) -> int:
+        return int(round(number(node, tag, default)))  # a few real VOC files write coordinates as "273.0"
+
     size = root.find("size")
-    if size is None:
-        raise UserError(f"{xml_path}: missing <size>")
-    w, h, depth = integer(size, "width"), integer(size, "height"), integer(size, "depth", "3")
-    if w <= 0 or h <= 0:
-        raise UserError(f"{xml_path}: invalid image size {w}x{h}")
+    if size is None or size.find("width") is None or size.find("height") is None:
+        if not devkit:
+            raise UserError(f"{xml_path}: missing <size> (width and height)")
+        dims = None
+        irregular.append("no <size>")
+    else:
+        w, h, depth = integer(size, "width"), integer(size, "height"), integer(size, "depth", "3")
+        if (w <= 0 or h <= 0) and not devkit:
+            raise UserError(f"{xml_path}: invalid image size {w}x{h}")
+        dims = (w, h, depth) if w > 0 and h > 0 else None
+        if dims is None:
+            irregular.append(f"image size {w}x{h}")
     objects = []
     for obj in root.iter("object"):
         name = text(obj, "name")
         if name not in CLASS_TO_INDEX:
-            raise UserError(f"{xml_path}: unknown class {name!r} (the 20 VOC classes are {', '.join(VOC_CLASSES)})")
+            if not devkit:
+                raise UserError(f"{xml_path}: unknown class {name!r} (the 20 VOC classes are "
+                                f"{', '.join(VOC_CLASSES)})")
+            irregular.append(f"unknown class {name!r} (not scored)")
         bnd = obj.find("bndbox")
         if bnd is None:
             raise UserError(f"{xml_path}: object {name!r} has no <bndbox>")
-        box = tuple(integer(bnd, k) for k in ("xmin", "ymin", "xmax", "ymax"))
-        xmin, ymin, xmax, ymax = box
-        if clip_boxes:
-            xmin, ymin, xmax, ymax = max(xmin, 1), max(ymin, 1), min(xmax, w), min(ymax, h)
-        if not (1 <= xmin <= xmax <= w and 1 <= ymin <= ymax <= h):
-            raise UserError(f"{xml_path}: box {box} of {name!r} is empty or outside the {w}x{h} image "
-                            f"(boxes are 1-based, pixel-inclusive; pass clip_boxes=True to clip)")
+        raw = tuple(number(bnd, k) for k in ("xmin", "ymin", "xmax", "ymax"))
+        if devkit:
+            box: tuple = tuple(int(v) if v == int(v) else v for v in raw)
+            if any(v != int(v) for v in raw):
+                irregular.append(f"float coordinates {raw} of {name!r}")
+            if dims is not None and not (1 <= raw[0] <= raw[2] <= dims[0] and 1 <= raw[1] <= raw[3] <= dims[1]):
+                irregular.append(f"box {box} of {name!r} starts at 0, is empty or reaches past the "
+                                 f"{dims[0]}x{dims[1]} image (scored as written)")
+        else:
+            xmin, ymin, xmax, ymax = (int(round(v)) for v in raw)
+            w, h = dims[0], dims[1]
+            if box_policy == "clip":
+                xmin, ymin, xmax, ymax = max(xmin, 1), max(ymin, 1), min(xmax, w), min(ymax, h)
+            if not (1 <= xmin <= xmax <= w and 1 <= ymin <= ymax <= h):
+                what = "is empty after clipping to" if box_policy == "clip" else "is empty or outside"
+                raise UserError(f"{xml_path}: box {tuple(int(round(v)) for v in raw)} of {name!r} {what} the "
+                                f"{w}x{h} image" + ("" if box_policy == "clip" else hint))
+            box = (xmin, ymin, xmax, ymax)
         objects.append({
             "name": name,
-            "bbox": (xmin, ymin, xmax, ymax),
+            "bbox": box,
             "difficult": integer(obj, "difficult", "0") != 0,
             "truncated": integer(obj, "truncated", "0") != 0,
         })
     return {
         "filename": text(root, "filename", f"{xml_path.stem}.jpg"),
-        "size": (w, h, depth),
+        "size": dims,
         "segmented": integer(root, "segmented", "0") != 0,
         "objects": objects,
+        "irregular": irregular,
     }
+
+
+def warn_irregular(annotations: dict[str, dict], folder: str | os.PathLike, shown: int = 5) -> None:
+    """One warning (on stderr) that names the annotation files :func:`read_annotation` found irregular under the
+    ``devkit`` policy and what it found, so that a score computed from them is never silent about them."""
+    import sys
+
+    bad = {i: a["irregular"] for i, a in annotations.items() if a.get("irregular")}
+    if not bad:
+        return
+    items = list(bad.items())
+    listed = "; ".join(f"{Path(folder) / f'{i}.xml'}: {', '.join(p[:4])}{' ...' if len(p) > 4 else ''}"
+                       for i, p in items[:shown])
+    more = f"; and {len(items) - shown} more file(s)" if len(items) > shown else ""
+    print(f"warning: {len(items)} annotation file(s) hold boxes or fields the VOC devkit scores as written but a "
+          f"strict reader refuses; they are scored as the devkit scores them: {listed}{more}", file=sys.stderr)
 
 
 def image_labels(annotation: dict) -> np.ndarray:
@@ -235,10 +301,10 @@ def _check_files(paths: list[Path], what: str, folder: Path) -> None:
 
 class _VOCBase(Dataset):
     def __init__(self, root: str | os.PathLike, year: str | int, split: str, task: str,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, ids: list[str] | None = None):
         self.voc_root = resolve_root(root, year)
         self.year, self.split = str(year), split
-        self.ids = read_image_set(root, year, split, task)
+        self.ids = read_image_set(root, year, split, task) if ids is None else list(ids)
         self.max_pixels = max_pixels
         self.images = [self.voc_root / "JPEGImages" / f"{i}.jpg" for i in self.ids]
         _check_files(self.images, "image file(s)", self.voc_root / "JPEGImages")
@@ -246,9 +312,11 @@ class _VOCBase(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _load(self, index: int) -> Image.Image | Skipped:
+    def load_image(self, index: int) -> Image.Image | Skipped:
+        """The image's pixels as stored (an EXIF orientation tag is not applied, as the devkit's ``imread``
+        does not apply it: VOC annotations and masks refer to the stored pixels)."""
         try:
-            return load_rgb(self.images[index], self.max_pixels)
+            return load_rgb(self.images[index], self.max_pixels, upright=False)
         except BadImageError as err:
             return Skipped(index, err.path, err.reason)
 
@@ -261,15 +329,17 @@ class VOCClassification(_VOCBase):
     """
 
     def __init__(self, root: str | os.PathLike, year: str | int = 2007, split: str = "trainval",
-                 transform: Callable[[Image.Image], Any] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 transform: Callable[[Image.Image], Any] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 clip_boxes: bool = False):
         super().__init__(root, year, split, "Main", max_pixels)
         self.transform = transform if transform is not None else ToTensor()
         ann_dir = self.voc_root / "Annotations"
-        self.labels = np.stack([image_labels(read_annotation(ann_dir / f"{i}.xml")) for i in self.ids]) \
+        policy = "clip" if clip_boxes else "strict"
+        self.labels = np.stack([image_labels(read_annotation(ann_dir / f"{i}.xml", policy)) for i in self.ids]) \
             if self.ids else np.zeros((0, len(VOC_CLASSES)), dtype=np.int8)
 
     def __getitem__(self, index: int) -> dict | Skipped:
-        img = self._load(index)
+        img = self.load_image(index)
         if isinstance(img, Skipped):
             return img
         return {"image": self.transform(img), "labels": torch.from_numpy(self.labels[index].copy()),
@@ -292,7 +362,30 @@ class VOCDetection(_VOCBase):
         super().__init__(root, year, split, "Main", max_pixels)
         self.transforms = transforms
         ann_dir = self.voc_root / "Annotations"
-        self.annotations = [read_annotation(ann_dir / f"{i}.xml", clip_boxes=clip_boxes) for i in self.ids]
+        policy = "clip" if clip_boxes else "strict"
+        self.annotations = [read_annotation(ann_dir / f"{i}.xml", policy) for i in self.ids]
+
+    def load_image(self, index: int) -> Image.Image | Skipped:
+        """The stored pixels (as the devkit reads them), checked against the annotation's ``<size>``: boxes are
+        only meaningful on the image they were drawn on, so a mismatch (typically an EXIF orientation tag that
+        turned the photo in the annotation tool) is an error naming both files, never a silent misalignment."""
+        img = super().load_image(index)
+        if isinstance(img, Skipped):
+            return img
+        w, h = self.annotations[index]["size"][:2]
+        if img.size != (w, h):
+            path = self.images[index]
+            orientation = _exif_orientation(path)
+            why = ""
+            if orientation not in (None, 1):
+                why = (f"; its EXIF orientation tag ({orientation}) turns the stored pixels to "
+                       f"{'%dx%d' % img.size[::-1] if orientation >= 5 else '%dx%d' % img.size}, so the boxes were "
+                       f"probably drawn on the turned view: store the pixels upright (e.g. exiftran -ai) and remove "
+                       f"the tag, or annotate the stored pixels")
+            raise UserError(f"{path}: the stored image is {img.width}x{img.height} but its annotation "
+                            f"{self.voc_root / 'Annotations' / f'{self.ids[index]}.xml'} says <size> {w}x{h}"
+                            f"{why}; its boxes would not fit the pixels")
+        return img
 
     def target(self, index: int) -> dict:
         objs = self.annotations[index]["objects"]
@@ -305,7 +398,7 @@ class VOCDetection(_VOCBase):
         }
 
     def __getitem__(self, index: int) -> dict | Skipped:
-        img = self._load(index)
+        img = self.load_image(index)
         if isinstance(img, Skipped):
             return img
         target = self.target(index)
@@ -314,6 +407,16 @@ class VOCDetection(_VOCBase):
         else:
             image = ToTensor()(img)
         return {"image": image, **target, "index": index, "id": self.ids[index], "path": str(self.images[index])}
+
+
+def _exif_orientation(path: str | os.PathLike) -> int | None:
+    """The EXIF orientation tag (274) of an image file, or None (no tag, unreadable)."""
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(274)
+    except Exception:  # noqa: BLE001 - only used to explain an error
+        return None
+    return int(value) if value is not None else None
 
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:
@@ -343,7 +446,7 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 class VOCSegmentation(_VOCBase):
-    """Image + mask of class indices (``ImageSets/Segmentation/<split>.txt``).
+    """Image + mask of class indices (``ImageSets/Segmentation/<split>.txt``, or the given ``ids``).
 
     Item: ``{"image", "mask" (int64 H x W, 255 void), "index", "id", "path"}``. ``transforms(image, mask) ->
     (image, mask)`` receives the PIL image and the mask as a PIL ``L`` image (use :class:`PairedCropMirror` or
@@ -353,14 +456,14 @@ class VOCSegmentation(_VOCBase):
 
     def __init__(self, root: str | os.PathLike, year: str | int = 2012, split: str = "train",
                  transforms: Callable[[Image.Image, Image.Image], tuple[Any, Any]] | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
-        super().__init__(root, year, split, "Segmentation", max_pixels)
+                 max_pixels: int = DEFAULT_MAX_PIXELS, ids: list[str] | None = None):
+        super().__init__(root, year, split, "Segmentation", max_pixels, ids)
         self.masks = [self.voc_root / "SegmentationClass" / f"{i}.png" for i in self.ids]
         _check_files(self.masks, "segmentation mask PNG(s)", self.voc_root / "SegmentationClass")
         self.transforms = transforms
 
     def __getitem__(self, index: int) -> dict | Skipped:
-        img = self._load(index)
+        img = self.load_image(index)
         if isinstance(img, Skipped):
             return img
         mask = load_mask(self.masks[index])

@@ -86,7 +86,7 @@ def detectron2_weights(encoder: Encoder, *, prefix: str = "backbone.",
     """The ``"model"`` dict of the file (name -> float32 array) and the ``"xchannel"`` record (key map, layer
     geometry, input convention), following the naming of the module docstring. ``encoder`` is converted in place
     for our AlexNet (BatchNorm folded)."""
-    from xchannel.pascal.common import build_trunk
+    from xchannel.pascal.encoder_cut import build_trunk
 
     if fc not in FC_PLACEMENTS:
         raise UserError(f"fc placement must be one of {', '.join(FC_PLACEMENTS)}, got {fc!r}")

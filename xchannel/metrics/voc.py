@@ -305,7 +305,7 @@ def voc_box_iou(box: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
 
 
 def match_detections(dets: ClassDetections, gts: Mapping[str, GroundTruth], *, iou_threshold: float = 0.5,
-                     inclusive: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     inclusive: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label each detection true positive, false positive or ignored, following ``VOCevaldet.m``.
 
     Detections are visited by decreasing confidence (stable sort: ties keep file order, like MATLAB's
@@ -322,8 +322,8 @@ def match_detections(dets: ClassDetections, gts: Mapping[str, GroundTruth], *, i
     with ``minoverlap = 0.5`` set in ``VOCinit.m``; the Python port of py-faster-rcnn (``voc_eval.py``, also
     used by Detectron and mmdetection's VOC evaluator) matches when ``ovmax > ovthresh``. They differ only for an
     overlap of exactly 0.5, which pixel-inclusive integer boxes do produce (a 10 x 5 box inside a 10 x 10 box).
-    This project follows its issue and the Python port: strictly above the threshold by default;
-    ``inclusive=True`` reproduces the MATLAB devkit's ``>=``.
+    xchannel follows the devkit (``VOCevaldet.m``): ``inclusive=True``, the default, matches at ``>=``;
+    ``inclusive=False`` reproduces the Python port's ``>``.
 
     Returns:
         ``(order, tp, fp)``: the ranked detection indices and boolean flags in that order; an item with
@@ -362,7 +362,7 @@ def match_detections(dets: ClassDetections, gts: Mapping[str, GroundTruth], *, i
 
 
 def voc_det_ap(dets: ClassDetections, gts: Mapping[str, GroundTruth], *, iou_threshold: float = 0.5,
-               inclusive: bool = False, metric: APMetric = "voc07") -> DetectionAP:
+               inclusive: bool = True, metric: APMetric = "voc07") -> DetectionAP:
     """AP of one class's detections (``VOCevaldet.m``): match (:func:`match_detections`), then
     ``rec = cumsum(tp) / npos``, ``prec = cumsum(tp) / (cumsum(tp) + cumsum(fp))`` with ``npos`` the number of
     non-difficult objects over the image set, scored with the 11-point AP (``"voc07"``) or the VOC2010+ area
@@ -401,7 +401,7 @@ def ground_truth_by_class(annotations: Mapping[str, Mapping[str, Any]],
 
 
 def voc_det_eval(annotations: Mapping[str, Mapping[str, Any]], detections: Mapping[str, ClassDetections],
-                 classes: Sequence[str] = VOC_CLASSES, *, iou_threshold: float = 0.5, inclusive: bool = False,
+                 classes: Sequence[str] = VOC_CLASSES, *, iou_threshold: float = 0.5, inclusive: bool = True,
                  metric: APMetric = "voc07") -> VOCDetectionResult:
     """Per-class AP and mAP of a detector over an image set (the VOC2007 detection benchmark by default).
 

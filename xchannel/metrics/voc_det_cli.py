@@ -7,9 +7,16 @@ Inputs, as the VOC devkit lays them out:
 * ``RESULTS/<comp>_det_<split>_<class>.txt`` (``comp4`` by default): one detection per line,
   ``image_id confidence xmin ymin xmax ymax`` in 1-based pixel coordinates, as ``VOCevaldet.m`` reads them.
 
-Scoring is :func:`xchannel.metrics.voc.voc_det_eval` (devkit matching, difficult objects ignored). The AP
-formula follows the devkit of the year: the 11-point AP up to VOC2009, the area under the precision envelope
-from VOC2010 on (``--metric`` overrides). A class whose result file is missing scores AP 0, with a warning.
+Scoring is :func:`score_result_files`, which the Fast R-CNN task (``xchannel pascal det``) calls too, so both
+give the same AP on the same files: :func:`xchannel.metrics.voc.voc_det_eval` with the devkit's matching
+(``VOCevaldet.m``: a detection matches at overlap ``>= 0.5``; ``--strict-iou`` gives py-faster-rcnn's ``> 0.5``),
+difficult objects ignored. The AP formula follows the devkit of the year: the 11-point AP up to VOC2009, the area
+under the precision envelope from VOC2010 on (``--metric`` overrides). A class whose result file is missing scores
+AP 0, with a warning.
+
+The ground truth is read as the devkit reads it (``read_annotation(..., "devkit")``): boxes that start at 0 or
+reach past the image, float coordinates, missing ``<difficult>``/``<truncated>``/``<pose>``, objects of other
+classes are all scored exactly as ``VOCevaldet.m`` scores them, and one warning names the files that hold them.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from xchannel.data.voc import VOC_CLASSES, read_annotation, read_image_set, resolve_root
+from xchannel.data.voc import VOC_CLASSES, read_annotation, read_image_set, resolve_root, warn_irregular
 from xchannel.errors import UserError
 from xchannel.metrics.voc import ClassDetections, VOCDetectionResult, voc_det_eval
 
@@ -44,9 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="AP formula: voc07 = 11-point, voc12 = area under the envelope; auto (default) = "
                              "the devkit of --year (voc07 before 2010)")
     parser.add_argument("--iou", type=float, default=0.5, help="overlap threshold (default: 0.5)")
-    parser.add_argument("--inclusive-iou", action="store_true",
-                        help="match at overlap >= threshold, as the MATLAB devkit does; the default is strictly "
-                             "above, as py-faster-rcnn's voc_eval.py (they differ only at exactly the threshold)")
+    parser.add_argument("--strict-iou", action="store_true",
+                        help="match at overlap strictly above the threshold, as py-faster-rcnn's voc_eval.py; the "
+                             "default is >= as the VOC devkit's VOCevaldet.m (they differ only at exactly the "
+                             "threshold)")
     parser.add_argument("--json", action="store_true", help='print {"ap": {class: AP}, "map": mAP} instead of a table')
     parser.add_argument("--out", type=Path, help="also write the result and the settings to this JSON file")
 
@@ -86,7 +94,8 @@ def read_results_file(path: Path, image_ids: set[str]) -> ClassDetections:
 
 
 def load_annotations(anno_dir: Path, image_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Parse ``anno_dir/<id>.xml`` for every id (with a progress bar on a terminal)."""
+    """Parse ``anno_dir/<id>.xml`` for every id as the devkit reads them (with a progress bar on a terminal); one
+    warning names the files with boxes or fields a strict reader would refuse (:func:`warn_irregular`)."""
     from tqdm import tqdm
 
     out: dict[str, dict[str, Any]] = {}
@@ -94,8 +103,34 @@ def load_annotations(anno_dir: Path, image_ids: list[str]) -> dict[str, dict[str
         path = anno_dir / f"{img}.xml"
         if not path.is_file():
             raise UserError(f"{path}: annotation file not found (image {img!r} is listed in the image set)")
-        out[img] = read_annotation(path)
+        out[img] = read_annotation(path, "devkit")
+    warn_irregular(out, anno_dir)
     return out
+
+
+def score_result_files(devkit: str | Path, year: str | int, split: str, results: str | Path, *,
+                       comp: str = "comp4", metric: str = "voc07", iou: float = 0.5,
+                       inclusive: bool = True) -> tuple[VOCDetectionResult, dict[str, ClassDetections], list[str]]:
+    """Score ``<results>/<comp>_det_<split>_<class>.txt`` against the devkit tree: (result, detections per class
+    read, evaluated image ids). A missing class file scores AP 0 with a warning."""
+    voc = resolve_root(devkit, year)
+    image_ids = list(dict.fromkeys(read_image_set(devkit, year, split)))
+    if not image_ids:
+        raise UserError(f"{voc / 'ImageSets' / 'Main' / f'{split}.txt'}: the image set is empty")
+    id_set = set(image_ids)
+    detections: dict[str, ClassDetections] = {}
+    for c in VOC_CLASSES:
+        path = Path(results) / f"{comp}_det_{split}_{c}.txt"
+        if not path.is_file():
+            print(f"warning: {path} not found: AP of class {c!r} is 0", file=sys.stderr)
+            continue
+        detections[c] = read_results_file(path, id_set)
+    if not detections:
+        print(f"warning: no {comp}_det_{split}_<class>.txt file in {results}", file=sys.stderr)
+    annotations = load_annotations(voc / "Annotations", image_ids)
+    result = voc_det_eval(annotations, detections, VOC_CLASSES, iou_threshold=iou, inclusive=inclusive,
+                          metric=metric)
+    return result, detections, image_ids
 
 
 def format_table(result: VOCDetectionResult, counts: dict[str, int], title: str) -> str:
@@ -120,23 +155,10 @@ def run(args: argparse.Namespace) -> int:
     if metric == "auto":
         metric = "voc07" if int(args.year) < 2010 else "voc12"
 
-    image_ids = list(dict.fromkeys(read_image_set(args.devkit, args.year, args.split)))
-    if not image_ids:
-        raise UserError(f"{voc / 'ImageSets' / 'Main' / f'{args.split}.txt'}: the image set is empty")
-    id_set = set(image_ids)
-    detections: dict[str, ClassDetections] = {}
-    for c in VOC_CLASSES:
-        path = Path(args.results) / f"{args.comp}_det_{args.split}_{c}.txt"
-        if not path.is_file():
-            print(f"warning: {path} not found: AP of class {c!r} is 0", file=sys.stderr)
-            continue
-        detections[c] = read_results_file(path, id_set)
-    if not detections:
-        print(f"warning: no {args.comp}_det_{args.split}_<class>.txt file in {args.results}", file=sys.stderr)
-
-    annotations = load_annotations(voc / "Annotations", image_ids)
-    result = voc_det_eval(annotations, detections, VOC_CLASSES, iou_threshold=args.iou,
-                          inclusive=args.inclusive_iou, metric=metric)
+    inclusive = not args.strict_iou
+    result, detections, image_ids = score_result_files(args.devkit, args.year, args.split, args.results,
+                                                       comp=args.comp, metric=metric, iou=args.iou,
+                                                       inclusive=inclusive)
 
     payload = {"ap": result.ap, "map": result.map}
     if args.out is not None:
@@ -147,12 +169,12 @@ def run(args: argparse.Namespace) -> int:
             "npos": result.npos,
             "config": {"devkit": str(args.devkit), "year": str(args.year), "split": args.split,
                        "results": str(args.results), "comp": args.comp, "metric": metric, "iou": args.iou,
-                       "match": ">=" if args.inclusive_iou else ">", "images": len(image_ids)},
+                       "match": ">=" if inclusive else ">", "images": len(image_ids)},
         })
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
-        rule = ">=" if args.inclusive_iou else ">"
+        rule = ">=" if inclusive else ">"
         name = "11-point AP" if metric == "voc07" else "area under the precision envelope"
         title = (f"VOC{args.year} {args.split} detection, {len(image_ids)} images: {name}, "
                  f"match at IoU {rule} {args.iou:g}, difficult objects ignored")

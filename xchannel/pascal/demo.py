@@ -29,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from xchannel.errors import UserError
-from xchannel.pascal.common import TABLE2_COLUMNS, slug
+from xchannel.pascal import TASK_MODULES
+from xchannel.pascal.record import TABLE2_COLUMNS, slug
 from xchannel.utils.io import atomic_write_json
-
-TASK_MODULES = {"cls": "xchannel.pascal.classification", "det": "xchannel.pascal.detection",
-                "seg": "xchannel.pascal.segmentation"}
 
 #: The runs of each encoder: (task, classification layers); the baselines run a subset of them.
 ENCODER_RUNS: tuple[tuple[str, str], ...] = (("cls", "fc8"), ("cls", "fc6-8"), ("cls", "all"), ("det", ""),
@@ -78,16 +76,10 @@ def run_config(run: DemoRun, voc: Path, out: Path, seed: int, progress: bool) ->
     fields: dict[str, Any] = {"encoder": run.encoder, "input_mode": run.input_mode, "voc": str(voc),
                               "out": str(out), "seed": seed, "progress": progress}
     if run.task == "cls":
-        from xchannel.pascal.classification import config
-
-        return config("demo", layers=run.layers, **fields)
-    if run.task == "seg":
-        from xchannel.pascal.segmentation import config
-
-        return config("demo", **fields)
-    from xchannel.pascal.detection import preset_config
-
-    return preset_config("demo", save_model=False, **fields)
+        fields["layers"] = run.layers
+    if run.task == "det":
+        fields["save_model"] = False
+    return importlib.import_module(TASK_MODULES[run.task]).config("demo", **fields)
 
 
 def _encoder_width(checkpoint: str) -> float:

@@ -1,9 +1,11 @@
 """Region proposals for Fast R-CNN: selective search computed once and cached, or a user's proposal file.
 
 Fast R-CNN (Girshick, ICCV 2015) classifies and refines a fixed set of class-agnostic boxes per image. The
-protocol the paper followed for its Table 2 detection column (Krähenbühl et al., ICLR 2016) uses selective search
-"fast" mode (Uijlings et al., IJCV 2013), at most 2000 boxes per image. This module provides those boxes; the
-learned alternative (a region proposal network trained jointly) lives in :mod:`xchannel.pascal.detection`.
+protocol the paper followed for its Table 2 detection column (Krähenbühl et al., ICLR 2016) uses the selective
+search boxes that R-CNN computed (Girshick et al., CVPR 2014; released as ``selective_search_data/voc_2007_
+{trainval,test}.mat``), at most 2000 per image. This module computes those boxes, reads and writes R-CNN's file
+format; the learned alternative (a region proposal network trained jointly) lives in
+:mod:`xchannel.pascal.detection`.
 
 Box convention
 --------------
@@ -14,20 +16,35 @@ its width is ``x2 - x1``. A VOC devkit box ``(xmin, ymin, xmax, ymax)`` (1-based
 
 Selective search
 ----------------
-:func:`selective_search` runs OpenCV contrib's implementation
-(``cv2.ximgproc.segmentation.createSelectiveSearchSegmentation``): the image is over-segmented with Felzenszwalb's
-graph segmentation (parameters ``base_k``, ``inc_k``, ``sigma``) in several colour spaces, regions are merged
-hierarchically by colour, texture, size and fill similarities, and every merged region's bounding box is a
-proposal, ranked by OpenCV (its ranking has a random component, so the order of boxes may differ between runs;
-the set does not). ``mode="fast"`` is the paper's setting (2 colour spaces, 2 k values, 2 strategies).
+:func:`selective_search` runs OpenCV contrib's implementation (``cv2.ximgproc.segmentation``): the image is
+over-segmented with Felzenszwalb's graph segmentation in several colour spaces, regions are merged hierarchically
+by colour, texture, size and fill similarities, and every merged region's bounding box is a proposal. OpenCV ranks
+the boxes with a random component (as the original does), so their order may differ between runs.
+
+``mode="rcnn"`` (the default) is R-CNN's ``selective_search_boxes.m`` in fast mode (``rbgirshick/rcnn``,
+``selective_search/selective_search_boxes.m``, called with ``fast_mode = true`` and ``im_width = 500``):
+
+* the image resized to 500 pixels wide (``imresize(im, [NaN im_width])``; here bicubic with antialiasing, as
+  ``imresize``), boxes scaled back with ``(boxes - 1) * scale + 1`` in 1-based coordinates;
+* colour spaces HSV and Lab (``colorTypes(1:2)``), Felzenszwalb k = 50 and 100 (``ks(1:2)``) with ``minSize = k``
+  and sigma 0.8, the two merge strategies colour+texture+size+fill and texture+size+fill
+  (``simFunctionHandles(1:2)``), built from OpenCV's components (OpenCV's own ``switchToSelectiveSearchFast``
+  uses three k values and a fixed minimum size of 100, so it is not that search);
+* boxes with a side below 20 pixels at the resized scale removed (``FilterBoxesWidth(boxes, 20)``), duplicates
+  removed (``BoxRemoveDuplicates``).
+
+``mode="fast"``, ``"quality"``, ``"single"`` are OpenCV's presets (``base_k``, ``inc_k``, ``sigma``, optionally
+on images shrunk to ``max_side``).
 
 :func:`compute_selective_search` runs it over a list of images with a cache: one ``.npz`` file per image set and
 parameter set, named ``selective_search_<tag>_<key>.npz`` where ``key`` hashes the parameters. The file stores,
-per image id, the raw boxes (in OpenCV's rank order) and the sha256 of the image file; an image whose file
-changed is recomputed. The cache is written atomically, every ``save_every`` new images and at the end, so an
-interrupted run keeps what it computed. Post-processing that does not change the search
-(:func:`filter_proposals`: clip, drop duplicates and tiny boxes, keep the first ``max_proposals``) is applied when
-the boxes are used, so changing it does not invalidate the cache.
+per image id, the raw boxes (in rank order) and the sha256 of the image file; an image whose file changed is
+recomputed. The cache is written atomically, every ``save_every`` new images and at the end, so an interrupted run
+keeps what it computed. Fast R-CNN's post-processing (:func:`filter_proposals`: clip, drop duplicates and boxes
+with a side under 2 px, keep the first 2000, as py-faster-rcnn's ``selective_search_roidb``) is applied when the
+boxes are used, so changing it does not invalidate the cache. :func:`save_rcnn_mat` writes one image set's boxes
+as R-CNN's release files, so a run's trainval and test proposals can be reused (``proposals.train_file`` /
+``test_file``) or compared with R-CNN's own.
 
 User proposal files (:func:`load_proposal_file`)
 ------------------------------------------------
@@ -37,8 +54,10 @@ User proposal files (:func:`load_proposal_file`)
 ``.pt`` / ``.pth``
     A dict image id -> N x 4 tensor or array (loaded with ``weights_only=True``).
 ``.mat``
-    The R-CNN / Fast R-CNN release format (``selective_search_data/voc_2007_test.mat``): cell arrays ``images``
-    (ids) and ``boxes`` (each N x 4 as ``y1 x1 y2 x2``, 1-based, inclusive).
+    The R-CNN / Fast R-CNN release format, one file per image set (``selective_search_data/voc_2007_trainval.mat``
+    and ``voc_2007_test.mat``): cell arrays ``images`` (ids) and ``boxes`` (each N x 4 doubles as ``y1 x1 y2 x2``,
+    1-based, inclusive), as py-faster-rcnn's ``_load_selective_search_roidb`` reads them
+    (``raw_data[i][:, (1, 0, 3, 2)] - 1``).
 
 The coordinates of ``.npz`` and ``.pt`` files are given by ``box_format``:
 
@@ -67,42 +86,48 @@ from xchannel.errors import UserError
 from xchannel.utils.io import atomic_write, safe_torch_load, sha256_file
 
 #: Bumped when the computation of cached proposals changes (invalidates every cache file).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 BOX_FORMATS = ("xyxy", "xyxy_inclusive", "voc", "rcnn")
 #: Fast R-CNN keeps the first 2000 selective-search boxes of an image (``top_k`` of its roidb).
 DEFAULT_MAX_PROPOSALS = 2000
+SEARCH_MODES = ("rcnn", "fast", "quality", "single")
 
 
 @dataclass(frozen=True)
 class SelectiveSearchParams:
-    """Parameters of one selective search run (they key the cache).
+    """Parameters of one selective search run (they key the cache); see the module docstring.
 
-    ``mode``: ``"fast"`` (the paper's protocol), ``"quality"`` (more colour spaces and k values, slower) or
-    ``"single"`` (one strategy, fastest). ``base_k``, ``inc_k``, ``sigma``: Felzenszwalb segmentation parameters
-    of the fast / quality modes (OpenCV's defaults 150, 150, 0.8). ``max_side``: 0 runs on the image as stored;
-    a positive value first shrinks images whose longer side exceeds it (boxes are scaled back), trading recall
-    of small objects for speed.
+    ``mode``: ``"rcnn"`` (R-CNN's fast mode: ``ks``, ``sigma``, ``width``, ``min_box``) or OpenCV's ``"fast"``,
+    ``"quality"``, ``"single"`` (``base_k``, ``inc_k``, ``sigma``, ``max_side``: 0 runs on the image as stored,
+    a positive value first shrinks images whose longer side exceeds it).
     """
 
-    mode: Literal["fast", "quality", "single"] = "fast"
+    mode: Literal["rcnn", "fast", "quality", "single"] = "rcnn"
+    ks: tuple[int, ...] = (50, 100)
+    sigma: float = 0.8
+    width: int = 500
+    min_box: int = 20
     base_k: int = 150
     inc_k: int = 150
-    sigma: float = 0.8
     max_side: int = 0
 
     def validate(self) -> None:
-        if self.mode not in ("fast", "quality", "single"):
-            raise UserError(f"selective search: mode must be fast, quality or single, got {self.mode!r}")
-        if self.base_k <= 0 or self.inc_k <= 0 or not self.sigma > 0:
-            raise UserError(f"selective search: base_k, inc_k and sigma must be > 0, got {self.base_k}, "
-                            f"{self.inc_k}, {self.sigma}")
-        if self.max_side < 0:
-            raise UserError(f"selective search: max_side must be >= 0, got {self.max_side}")
+        if self.mode not in SEARCH_MODES:
+            raise UserError(f"selective search: mode must be one of {', '.join(SEARCH_MODES)}, got {self.mode!r}")
+        if not self.ks or min(self.ks) <= 0 or self.base_k <= 0 or self.inc_k <= 0 or not self.sigma > 0:
+            raise UserError(f"selective search: ks, base_k, inc_k and sigma must be > 0, got {list(self.ks)}, "
+                            f"{self.base_k}, {self.inc_k}, {self.sigma}")
+        if self.max_side < 0 or self.width < 0 or self.min_box < 0:
+            raise UserError(f"selective search: max_side, width and min_box must be >= 0, got {self.max_side}, "
+                            f"{self.width}, {self.min_box}")
+
+    def meta(self) -> dict[str, Any]:
+        """The parameters and the cache version as stored in a cache file (JSON types)."""
+        return json.loads(json.dumps({"version": CACHE_VERSION, **asdict(self)}, sort_keys=True))
 
     def key(self) -> str:
         """12 hex digits identifying the parameters and the cache version."""
-        blob = json.dumps({"version": CACHE_VERSION, **asdict(self)}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.meta(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _import_cv2() -> Any:
@@ -117,6 +142,49 @@ def _import_cv2() -> Any:
     return cv2
 
 
+def _rcnn_search(rgb: np.ndarray, params: SelectiveSearchParams, cv2: Any) -> np.ndarray:
+    """R-CNN's fast-mode selective search (module docstring): 0-based continuous corners in the input's pixels."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    scale = 1.0
+    if params.width and w != params.width:  # selective_search_boxes.m: imresize(im, [NaN im_width])
+        scale = w / params.width
+        rgb = np.asarray(Image.fromarray(rgb).resize((params.width, max(1, round(h / scale))),
+                                                     Image.Resampling.BICUBIC))
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    seg = cv2.ximgproc.segmentation
+    ss = seg.createSelectiveSearchSegmentation()
+    ss.setBaseImage(bgr)
+    ss.clearImages()
+    ss.clearGraphSegmentations()
+    ss.clearStrategies()
+    ss.addImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV))
+    ss.addImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2Lab))
+    for k in params.ks:  # minSize = k, as selective_search_boxes.m sets it
+        ss.addGraphSegmentation(seg.createGraphSegmentation(params.sigma, float(k), int(k)))
+    ss.addStrategy(seg.createSelectiveSearchSegmentationStrategyMultiple(
+        seg.createSelectiveSearchSegmentationStrategyColor(), seg.createSelectiveSearchSegmentationStrategyTexture(),
+        seg.createSelectiveSearchSegmentationStrategySize(), seg.createSelectiveSearchSegmentationStrategyFill()))
+    ss.addStrategy(seg.createSelectiveSearchSegmentationStrategyMultiple(
+        seg.createSelectiveSearchSegmentationStrategyTexture(), seg.createSelectiveSearchSegmentationStrategySize(),
+        seg.createSelectiveSearchSegmentationStrategyFill()))
+    rects = np.asarray(ss.process(), dtype=np.float64).reshape(-1, 4)
+    # 1-based, pixel-inclusive (x1 y1 x2 y2) at the resized scale, as the MATLAB code holds them
+    b = np.concatenate([rects[:, :2] + 1, rects[:, :2] + rects[:, 2:]], axis=1)
+    keep = ((b[:, 2] - b[:, 0] + 1) >= params.min_box) & ((b[:, 3] - b[:, 1] + 1) >= params.min_box)
+    b = b[keep]
+    if len(b):
+        _, first = np.unique(b, axis=0, return_index=True)
+        b = b[np.sort(first)]
+    if scale != 1.0:
+        b = (b - 1) * scale + 1
+    out = b - np.array([1.0, 1.0, 0.0, 0.0])
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+    return out.astype(np.float32)
+
+
 def selective_search(rgb: np.ndarray, params: SelectiveSearchParams = SelectiveSearchParams()) -> np.ndarray:
     """Selective search boxes of one H x W x 3 uint8 RGB image: float32 N x 4, 0-based continuous corners, in
     OpenCV's rank order (see the module docstring). OpenCV returns ``(x, y, w, h)`` covering pixels ``x ..
@@ -124,6 +192,8 @@ def selective_search(rgb: np.ndarray, params: SelectiveSearchParams = SelectiveS
     cv2 = _import_cv2()
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"selective_search expects an H x W x 3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+    if params.mode == "rcnn":
+        return _rcnn_search(rgb, params, cv2)
     h, w = rgb.shape[:2]
     scale = 1.0
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -199,7 +269,7 @@ def _read_cache(path: Path, params: SelectiveSearchParams) -> dict[str, tuple[np
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["params"]))
-            if meta != {"version": CACHE_VERSION, **asdict(params)}:
+            if meta != params.meta():
                 raise ValueError(f"parameters {meta} differ")
             boxes = _unpack(data, str(path))
             shas = [str(s) for s in data["image_sha256"]]
@@ -212,7 +282,7 @@ def _read_cache(path: Path, params: SelectiveSearchParams) -> dict[str, tuple[np
 
 def _write_cache(path: Path, params: SelectiveSearchParams, entries: Mapping[str, tuple[np.ndarray, str]]) -> None:
     with atomic_write(path, "wb") as f:
-        np.savez(f, params=np.asarray(json.dumps({"version": CACHE_VERSION, **asdict(params)}, sort_keys=True)),
+        np.savez(f, params=np.asarray(json.dumps(params.meta(), sort_keys=True)),
                  **_pack(entries))
 
 
@@ -221,7 +291,7 @@ def _search_file(args: tuple[str, SelectiveSearchParams]) -> np.ndarray:
     from xchannel.data.images import load_rgb
 
     path, params = args
-    return _module_search()(np.asarray(load_rgb(path)), params)
+    return _module_search()(np.asarray(load_rgb(path, upright=False)), params)  # the stored pixels, as VOC's
 
 
 def _module_search() -> Callable[[np.ndarray, SelectiveSearchParams], np.ndarray]:
@@ -420,6 +490,22 @@ def load_proposal_file(path: str | os.PathLike, image_ids: Sequence[str] | None 
     return {i: convert_box_format(raw[i], fmt, f"{path}, image {i}") for i in wanted}
 
 
+def save_rcnn_mat(path: str | os.PathLike, ids: Sequence[str], proposals: Mapping[str, np.ndarray]) -> None:
+    """Write one image set's boxes (0-based continuous corners) as R-CNN's release file, atomically: ``images``
+    (N x 1 cell of id strings, in ``ids`` order) and ``boxes`` (1 x N cell of K x 4 doubles ``y1 x1 y2 x2``,
+    1-based, pixel-inclusive). :func:`load_proposal_file` reads it back exactly (integer corners)."""
+    from scipy.io import savemat
+
+    images = np.empty((len(ids), 1), dtype=object)
+    boxes = np.empty((1, len(ids)), dtype=object)
+    for k, image_id in enumerate(ids):
+        b = np.asarray(proposals.get(image_id, np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
+        images[k, 0] = str(image_id)
+        boxes[0, k] = np.stack([b[:, 1] + 1, b[:, 0] + 1, b[:, 3], b[:, 2]], axis=1) if len(b) else np.zeros((0, 4))
+    with atomic_write(path, "wb") as f:
+        savemat(f, {"images": images, "boxes": boxes})
+
+
 def save_proposal_file(path: str | os.PathLike, proposals: Mapping[str, np.ndarray]) -> None:
     """Write ``id -> N x 4`` boxes (0-based continuous corners) in the ``.npz`` cache layout, atomically."""
     packed = _pack({i: (np.asarray(b, np.float32).reshape(-1, 4), "") for i, b in proposals.items()})
@@ -428,6 +514,6 @@ def save_proposal_file(path: str | os.PathLike, proposals: Mapping[str, np.ndarr
         np.savez(f, **packed)
 
 
-__all__ = ["BOX_FORMATS", "CACHE_VERSION", "DEFAULT_MAX_PROPOSALS", "ProposalStats", "SelectiveSearchParams",
-           "cache_path", "compute_selective_search", "convert_box_format", "filter_proposals",
-           "load_proposal_file", "save_proposal_file", "selective_search"]
+__all__ = ["BOX_FORMATS", "CACHE_VERSION", "DEFAULT_MAX_PROPOSALS", "ProposalStats", "SEARCH_MODES",
+           "SelectiveSearchParams", "cache_path", "compute_selective_search", "convert_box_format",
+           "filter_proposals", "load_proposal_file", "save_proposal_file", "save_rcnn_mat", "selective_search"]

@@ -1,4 +1,4 @@
-"""PASCAL VOC2012 semantic segmentation with FCN-32s (Table 2, "Segmentation (% mIU)").
+"""PASCAL VOC semantic segmentation with FCN-32s (Table 2, "Segmentation (% mIU)").
 
 The paper tests "semantic segmentation on PASCAL VOC 2012, using the FCN architecture of [42] (Long, Shelhamer,
 Darrell), following the protocol in [10] (Pathak et al.)" (Sec. 3.2). The network (:class:`FCN32s`):
@@ -7,27 +7,42 @@ Darrell), following the protocol in [10] (Pathak et al.)" (Sec. 3.2). The networ
   conv1, so that every output pixel has a prediction whatever the image size), with Caffe's pool rounding (output
   sizes rounded up, :func:`ceil_mode_pools`);
 * fc6 and fc7 as convolutions (a 6x6 and a 1x1 convolution carrying the fc weights, with their ReLUs and dropout
-  0.5; :meth:`~xchannel.pascal.common.Trunk.fc_as_convolutions`);
+  0.5; :meth:`~xchannel.pascal.trunk.Trunk.fc_as_convolutions`);
 * ``score``: a 21-way 1x1 convolution (background + 20 classes), zero-initialised (Caffe's default filler, as in
   FCN);
-* ``upscore``: a 64x64 transposed convolution of stride 32 initialised to bilinear interpolation (FCN's
+* ``upscore``: a 63x63 transposed convolution of stride 32 initialised to bilinear interpolation (FCN's
   ``upsample_filt``: ``(1 - |x - c| / f) (1 - |y - c| / f)`` with ``f = ceil(k / 2)``, ``c = f - 1`` for odd ``k``
   and ``f - 1/2`` for even ``k``, on the diagonal of the 21 x 21 channel pairs), kept fixed like FCN-32s's;
 * a crop of the upsampled map back to the input size at the offset that puts each output pixel over its input
   pixel (Caffe's ``coord_map`` arithmetic through every layer, :func:`crop_offset`). For the CaffeNet layers the
-  exact offset with a 64-px kernel is 18.5: the crop starts at 18, i.e. predictions sit half a pixel off (FCN's
-  own AlexNet net uses a 63-px kernel, offset exactly 18; ``upsample_kernel=63`` gives that).
+  offset with the 63-px kernel is exactly 18 (with ``upsample_kernel=64`` it would be 18.5, cropped at 18: half a
+  pixel off).
 
 Training: per-pixel softmax cross-entropy, pixels labelled 255 ("void") ignored, averaged over the labelled pixels
-of each image; whole images, one at a time, with gradients accumulated over ``iter_size`` images per update; SGD
-momentum 0.9, weight decay 5e-4, fixed learning rate 1e-4 (the solver of FCN's AlexNet net; biases of ``score``
-at twice the rate without decay). Data: VOC2012 ``train`` -> ``val``, or with ``data.sbd`` the SBD-augmented set
-(SBD train + val + VOC2012 train, minus VOC2012 val: DeepLab's ``train_aug``, 10,582 images on the real data).
-Testing: whole val images, argmax of the 21 scores; the confusion matrix gives the mean IU over the 21 classes
-(FCN's ``score.py``, :mod:`xchannel.metrics.segmentation`) and the pixel accuracy.
+of each image; whole images, one at a time, with gradients accumulated over ``iter_size`` images per update.
+
+The default data and solver are the authors' own segmentation runs (``feature_learning_tests/segmentation`` of
+their release: ``train_val.prototxt``, ``solver0.prototxt``, ``solve.py``):
+
+* training on SBD's ``train`` list (``voc2011bh_segtrain``, 8,498 images on the real data), read from SBD's release
+  layout (``dataset/img/<id>.jpg``, ``dataset/cls/<id>.mat`` with ``GTcls.Segmentation``;
+  :class:`~xchannel.data.sbd.SBDSegmentation`);
+* scoring on ``seg11valid``: the VOC2011 segmentation ``val`` images that are not in SBD ``train`` (736 images,
+  ``test_iter: 736``), read from ``VOC2011/ImageSets/Segmentation/seg11valid.txt`` or, when that list is absent,
+  derived from VOC2011's ``val.txt`` and SBD's ``train.txt`` (:func:`~xchannel.data.sbd.seg11valid_ids`);
+* SGD momentum 0.9, weight decay 5e-4, ``iter_size`` 20, 150,000 iterations in three phases of 50,000 at
+  1e-4, 1e-5 and 1e-6 (``solve.py --phase 0/1/2``; ``solver0.prototxt``: "first used this for 50k iterations",
+  the two lower rates commented out); every layer at lr x1, biases x2 without weight decay;
+* the 63 x 63 upsampling kernel of ``train_val.prototxt`` (crop offset exactly 18).
+
+Other data, as named options (``data.train`` and the presets): ``voc`` (VOC``year`` ``train`` -> ``val``; the
+``voc2012`` preset is FCN-AlexNet's own VOC2012 protocol, 100k iterations at a fixed 1e-4) and ``sbd_aug``
+(DeepLab's ``train_aug``: SBD train + val + VOC train minus VOC val, 10,582 images on the real data;
+``train_aug`` preset). Testing: whole images, argmax of the 21 scores; the confusion matrix gives the mean IU over
+the 21 classes (FCN's ``score.py``, :mod:`xchannel.metrics.segmentation`) and the pixel accuracy.
 
 With color input, ``ab_branch`` splits conv1 into the L convolution and a separate zero-initialised ab branch, as
-in the authors' color segmentation nets (:class:`~xchannel.pascal.common.SplitInputConv`). Encoders without
+in the authors' color segmentation nets (:class:`~xchannel.pascal.trunk.SplitInputConv`). Encoders without
 fc6/fc7 (timm networks, the VGG colorizer) get the score and upsampling layers on their deepest map (see
 :class:`FCN32s`).
 """
@@ -46,24 +61,27 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from xchannel.data.images import BadImageError, Skipped, SkipCounter, ToTensor, collate_skip_lists, load_rgb
-from xchannel.data.voc import (IGNORE_INDEX, VOC_CLASSES, PairedCropMirror, VOCSegmentation, load_mask,
-                               read_image_set, resolve_root)
+from xchannel.data.images import SkipCounter, collate_skip_lists
+from xchannel.data.sbd import SBDAugmented, SBDSegmentation, SegmentationItems, seg11valid_ids
+from xchannel.data.voc import IGNORE_INDEX, VOC_CLASSES, PairedCropMirror, VOCSegmentation
 from xchannel.errors import UserError
 from xchannel.metrics.segmentation import ConfusionMatrix
-from xchannel.pascal.common import (PreparedEncoder, RescaleConfig, Trunk, add_common_arguments,
-                                    add_preset_argument, autocast, caffe_param_groups, check_finite, clip_gradients,
-                                    config_from_args, dataset_name, default_output, endless_batches,
-                                    prepare_encoder, preset_config, resolve_device, resolve_precision, result_record, set_lr,
-                                    set_train_mode, step_lr, trainable_parameters, write_result)
+from xchannel.pascal.config import (CaffeSolver, FinetuneConfig, add_common_arguments, add_preset_argument,
+                                    config_from_args, preset_config)
+from xchannel.pascal.prepare import PreparedEncoder, dataset_name, prepare_encoder
+from xchannel.pascal.record import default_output, result_record, write_result
+from xchannel.pascal.solver import (autocast, caffe_param_groups, check_finite, clip_gradients,
+                                    describe_param_groups, endless_batches, resolve_device, resolve_precision,
+                                    set_lr, set_train_mode,
+                                    step_lr, trainable_parameters)
+from xchannel.pascal.trunk import Trunk
 from xchannel.utils.io import atomic_torch_save
 
 NAME = "seg"
-HELP = "VOC2012 segmentation with FCN-32s (Table 2, % mean IU)"
+HELP = "segmentation with FCN-32s, SBD train -> VOC2011 seg11valid as the authors ran it (Table 2, % mean IU)"
 NUM_CLASSES = len(VOC_CLASSES) + 1  # background + 20
 
 
@@ -71,87 +89,72 @@ NUM_CLASSES = len(VOC_CLASSES) + 1  # background + 20
 # Configuration
 
 
+TRAIN_DATA = ("sbd", "sbd_aug", "voc")
+
+
 @dataclass
 class SegData:
-    """Splits and training crops. ``train_crop`` 0 trains on whole images (FCN); > 0 on random crops of that side
-    (padded with void, mirrored; :class:`~xchannel.data.voc.PairedCropMirror`), which allows batches."""
+    """Training and validation data. ``train``: ``sbd`` (SBD's ``train`` list, the authors'), ``sbd_aug`` (SBD
+    train + val + VOC``year`` ``train_split`` minus ``val_split``) or ``voc`` (VOC``year`` ``train_split``).
+    ``sbd``: SBD's ``dataset`` folder ("" looks next to the VOCdevkit: ``SBD/dataset``,
+    ``benchmark_RELEASE/dataset``). Validation: VOC``year`` ``ImageSets/Segmentation/<val_split>.txt``
+    (``seg11valid``: see the module docstring). ``train_crop`` 0 trains on whole images (FCN); > 0 on random crops
+    of that side (padded with void, mirrored; :class:`~xchannel.data.voc.PairedCropMirror`), which allows batches."""
 
-    year: str = "2012"
-    train_split: str = "train"
-    val_split: str = "val"
+    train: Literal["sbd", "sbd_aug", "voc"] = "sbd"
     sbd: str = ""
+    year: str = "2011"
+    train_split: str = "train"
+    val_split: str = "seg11valid"
     train_crop: int = 0
-    workers: int = 0
+
+
+def reference_solver() -> CaffeSolver:
+    """The authors' segmentation solver (``solver0.prototxt`` and ``solve.py``'s three phases): 150k iterations,
+    lr 1e-4 x 0.1 every 50k, momentum 0.9, weight decay 5e-4, ``iter_size`` 20 whole images; biases lr x2, no
+    decay (FCN's ``param`` blocks)."""
+    return CaffeSolver(iterations=150_000, batch_size=1, iter_size=20, lr=1e-4, lr_step=50_000, lr_gamma=0.1,
+                       momentum=0.9, weight_decay=5e-4, bias_lr_mult=2.0, bias_decay_mult=0.0)
 
 
 @dataclass
-class SegOptim:
-    """FCN's AlexNet solver: SGD, fixed lr 1e-4, momentum 0.9, weight decay 5e-4, 20 images per update."""
+class Config(FinetuneConfig):
+    """One segmentation run (saved in its result JSON): the shared fields plus FCN's geometry (``pad``,
+    ``upsample_kernel``, ``learn_upsampling``) and the data."""
 
-    iterations: int = 100_000
-    batch_size: int = 1
-    iter_size: int = 20
-    lr: float = 1e-4
-    lr_step: int = 0
-    lr_gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    clip_gradients: float = 0.0
-    score_bias_lr_mult: float = 2.0
-    ab_lr_mult: float = 1.0
-
-
-@dataclass
-class Config:
-    """One segmentation run (saved in its result JSON)."""
-
-    encoder: str = "gaussian"
-    input_mode: Literal["gray", "color", "rgb"] | None = None
-    ab_branch: bool = False
-    voc: str = ""
+    optim: CaffeSolver = field(default_factory=reference_solver)
     pad: int = 100
-    upsample_kernel: int = 64
+    upsample_kernel: int = 63
     learn_upsampling: bool = False
-    dropout: float = 0.5
-    rescale: RescaleConfig = field(default_factory=RescaleConfig)
-    optim: SegOptim = field(default_factory=SegOptim)
     data: SegData = field(default_factory=SegData)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where native, else fp32 (xchannel.runtime)
     channels_last: bool = True
-    seed: int = 0
-    device: str = "auto"
-    out: str = ""
-    save_model: bool = False
-    log_every: int = 200
-    progress: bool = True
 
     def validate(self) -> None:
         problems = []
-        if not self.voc:
-            problems.append("voc is not set: give the VOCdevkit folder (--voc)")
-        o = self.optim
-        if o.iterations < 1 or o.batch_size < 1 or o.iter_size < 1:
-            problems.append(f"optim.iterations, batch_size and iter_size must be >= 1 (got {o.iterations}, "
-                            f"{o.batch_size}, {o.iter_size})")
-        if not o.lr > 0:
-            problems.append(f"optim.lr must be > 0 (got {o.lr})")
-        if self.data.train_crop == 0 and o.batch_size != 1:
+        if self.data.train not in TRAIN_DATA:
+            problems.append(f"data.train must be one of {', '.join(TRAIN_DATA)} (got {self.data.train!r})")
+        if self.optim.iterations < 1:
+            problems.append(f"optim.iterations must be >= 1 (got {self.optim.iterations})")
+        if self.data.train_crop == 0 and self.optim.batch_size != 1:
             problems.append("whole-image training (data.train_crop=0) takes one image per forward pass: set "
                             "optim.batch_size=1 and use optim.iter_size to accumulate")
         if self.pad < 0 or self.upsample_kernel < 1:
             problems.append(f"pad must be >= 0 and upsample_kernel >= 1 (got {self.pad}, {self.upsample_kernel})")
-        if not 0 <= self.dropout < 1:
-            problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
-        if problems:
-            raise UserError("segmentation config: " + "; ".join(problems))
+        self.check("segmentation", problems)
 
 
-#: Named configurations (``--preset``), as overrides of the defaults. ``paper``: FCN's solver as published.
-#: ``demo``: the embedded data set (50 train images of ~160 px) in well under a minute on 2 CPU cores: 30
-#: updates of 2 whole images at a higher learning rate, 8 images for the rescaling.
+#: Named configurations (``--preset``), as overrides of the defaults. ``paper``: the authors' segmentation runs
+#: (SBD train -> seg11valid, 150k iterations, module docstring). ``voc2012``: FCN-AlexNet's own VOC2012 protocol
+#: (train -> val, 100k iterations at a fixed 1e-4). ``train_aug``: SBD-augmented training, VOC2012 val.
+#: ``demo``: the embedded data set (its SBD tree and VOC2011) in well under a minute on 2 CPU cores: 30 updates of
+#: 2 whole images at a higher learning rate, 8 images for the rescaling.
 PRESETS: dict[str, list[str]] = {
     "paper": [],
-    "demo": ["optim.iterations=30", "optim.iter_size=2", "optim.lr=0.003", "rescale.images=8", "log_every=10"],
+    "voc2012": ["data.train=voc", "data.year=2012", "data.val_split=val", "optim.iterations=100000",
+                "optim.lr_step=0"],
+    "train_aug": ["data.train=sbd_aug", "data.year=2012", "data.val_split=val"],
+    "demo": ["optim.iterations=30", "optim.iter_size=2", "optim.lr=0.003", "optim.lr_step=0", "rescale.images=8",
+             "log_every=10"],
 }
 
 
@@ -225,7 +228,7 @@ def ceil_mode_pools(stages: nn.Sequential) -> nn.Sequential:
 
 
 class FCN32s(nn.Module):
-    """FCN-32s on a :class:`~xchannel.pascal.common.Trunk` (module docstring). Input: the encoder's prepared
+    """FCN-32s on a :class:`~xchannel.pascal.trunk.Trunk` (module docstring). Input: the encoder's prepared
     image (N x C x H x W, any size); output: N x 21 x H x W scores.
 
     Submodules: ``features`` (the trunk's convolutional stages, shared with it), ``fc6``, ``fc7`` (convolutional
@@ -238,7 +241,7 @@ class FCN32s(nn.Module):
     which assumes "same"-padded layers (map cell i centred on input pixel s i + (s - 1) / 2, as in ResNets).
     """
 
-    def __init__(self, trunk: Trunk, num_classes: int = NUM_CLASSES, pad: int = 100, upsample_kernel: int = 64,
+    def __init__(self, trunk: Trunk, num_classes: int = NUM_CLASSES, pad: int = 100, upsample_kernel: int = 63,
                  learn_upsampling: bool = False, dropout: float = 0.5) -> None:
         super().__init__()
         self.generic = trunk.kind == "generic"
@@ -314,106 +317,57 @@ class FCN32s(nn.Module):
                                f"offset {o}; increase pad")
         return up[..., o: o + h, o: o + w]
 
-    def param_groups(self, o: SegOptim) -> list[dict]:
-        """Caffe-style groups: every layer at lr_mult 1 (weights and biases, as FCN's copied layers), the ab
-        branch (if any) at ``ab_lr_mult``, ``score`` biases at ``score_bias_lr_mult`` without decay."""
-        ab = [m for n, m in self.features.named_modules() if n.endswith("ab_conv")]
-        ab_ids = {id(p) for m in ab for p in m.parameters()}
-        rest = nn.ModuleList([m for m in (self.features, self.fc6, self.fc7, self.upscore)])
-        groups = [g for g in caffe_param_groups([(m, o.ab_lr_mult) for m in ab], o.weight_decay, bias_lr_mult=1.0)]
-        body = [p for p in rest.parameters() if p.requires_grad and id(p) not in ab_ids]
-        weights = [p for p in body if p.ndim > 1]
-        biases = [p for p in body if p.ndim == 1]
-        if weights:
-            groups.append({"params": weights, "lr_mult": 1.0, "weight_decay": o.weight_decay})
-        if biases:
-            groups.append({"params": biases, "lr_mult": 1.0, "weight_decay": o.weight_decay})
-        groups += caffe_param_groups([(self.score, 1.0)], o.weight_decay, bias_lr_mult=o.score_bias_lr_mult,
-                                     bias_decay_mult=0.0)
-        return groups
+    def param_groups(self, o: CaffeSolver) -> list[dict]:
+        """Caffe-style groups as the authors' net declares them: every layer at lr x1 with biases at
+        ``bias_lr_mult`` and decay x ``bias_decay_mult`` (x2, none), the ab branch (if any) at ``ab_lr_mult``; the
+        fixed upsampling has no parameters to train."""
+        ab = [("conv1_ab", m, o.ab_lr_mult) for n, m in self.features.named_modules() if n.endswith("ab_conv")]
+        layers = [(n, m, 1.0) for n, m in (("features", self.features), ("fc6", self.fc6), ("fc7", self.fc7),
+                                           ("score", self.score), ("upscore", self.upscore))]
+        return caffe_param_groups(ab + layers, o.weight_decay, bias_lr_mult=o.bias_lr_mult,
+                                  bias_decay_mult=o.bias_decay_mult)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Data: VOC2012 and the SBD-augmented training set
+# Data: SBD (:mod:`xchannel.data.sbd`), VOC and the authors' validation list
 
 
-def _load_sbd_mask(path: Path) -> np.ndarray:
-    """SBD's ``cls/<id>.mat``: ``GTcls.Segmentation`` (H x W class indices 0..20)."""
-    from scipy.io import loadmat
-
-    if not path.is_file():
-        raise UserError(f"{path}: SBD mask not found")
-    try:
-        mat = loadmat(str(path))
-        seg = np.asarray(mat["GTcls"][0]["Segmentation"][0], dtype=np.int64)
-    except (KeyError, IndexError, ValueError, OSError, NotImplementedError) as err:
-        raise UserError(f"{path}: not an SBD class mask (GTcls.Segmentation): {type(err).__name__}: {err}") from None
-    bad = (seg > len(VOC_CLASSES)) & (seg != IGNORE_INDEX) | (seg < 0)
-    if bad.any():
-        raise UserError(f"{path}: mask values {sorted(set(np.unique(seg[bad]).tolist()))[:10]} are not class indices")
-    return seg.astype(np.uint8)
-
-
-class SBDAugmented(Dataset):
-    """The SBD-augmented training set: (SBD train ∪ SBD val ∪ VOC2012 seg train) minus VOC2012 seg val.
-
-    ``sbd_root`` is SBD's ``dataset`` folder (``img/``, ``cls/``, ``train.txt``, ``val.txt``). Masks come from
-    VOC2012's ``SegmentationClass`` PNG where one exists (with its void borders) and from SBD's ``cls/<id>.mat``
-    otherwise; images from VOC2012's ``JPEGImages``, else SBD's ``img/``. Items as
-    :class:`~xchannel.data.voc.VOCSegmentation`'s.
-    """
-
-    def __init__(self, voc_root: str | Path, sbd_root: str | Path, year: str = "2012", voc_train: str = "train",
-                 voc_val: str = "val", transforms: Any = None) -> None:
-        self.voc = resolve_root(voc_root, year)
-        self.sbd = Path(sbd_root)
-        if not (self.sbd / "cls").is_dir():
-            raise UserError(f"{self.sbd}: not SBD's dataset folder (no cls/ folder of .mat masks)")
-        sbd_ids: list[str] = []
-        for name in ("train.txt", "val.txt"):
-            path = self.sbd / name
-            if not path.is_file():
-                raise UserError(f"{path}: SBD image list not found")
-            sbd_ids += [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-        voc_ids = read_image_set(voc_root, year, voc_train, "Segmentation")
-        held_out = set(read_image_set(voc_root, year, voc_val, "Segmentation"))
-        self.sbd_ids = set(sbd_ids)
-        self.ids = sorted((set(sbd_ids) | set(voc_ids)) - held_out)
-        self.transforms = transforms
-        self.counts = {"sbd": len(set(sbd_ids)), "voc_train": len(voc_ids), "removed_val": len(held_out &
-                       (set(sbd_ids) | set(voc_ids))), "total": len(self.ids)}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def _image_path(self, i: str) -> Path:
-        voc = self.voc / "JPEGImages" / f"{i}.jpg"
-        return voc if voc.is_file() else self.sbd / "img" / f"{i}.jpg"
-
-    def __getitem__(self, index: int) -> dict | Skipped:
-        i = self.ids[index]
-        path = self._image_path(i)
-        try:
-            img = load_rgb(path)
-        except BadImageError as err:
-            return Skipped(index, err.path, err.reason)
-        png = self.voc / "SegmentationClass" / f"{i}.png"
-        mask = load_mask(png) if png.is_file() else _load_sbd_mask(self.sbd / "cls" / f"{i}.mat")
-        if mask.shape != (img.height, img.width):
-            raise UserError(f"mask of {i} is {mask.shape[1]}x{mask.shape[0]} but {path} is {img.width}x{img.height}")
-        if self.transforms is not None:
-            image, mask_t = self.transforms(img, Image.fromarray(mask, "L"))
-        else:
-            image, mask_t = ToTensor()(img), torch.from_numpy(mask.astype(np.int64))
-        return {"image": image, "mask": mask_t, "index": index, "id": i, "path": str(path)}
+def find_sbd(cfg: Config) -> Path:
+    """SBD's ``dataset`` folder: ``data.sbd``, or the first of ``SBD/dataset`` and ``benchmark_RELEASE/dataset``
+    next to or inside the VOCdevkit folder. An error says where it looked."""
+    if cfg.data.sbd:
+        root = Path(cfg.data.sbd)
+        candidates = [root, root / "dataset"]
+    else:
+        voc = Path(cfg.voc)
+        candidates = [base / name / "dataset" for base in (voc, voc.parent) for name in ("SBD", "benchmark_RELEASE")]
+    for cand in candidates:
+        if (cand / "cls").is_dir() and (cand / "train.txt").is_file():
+            return cand
+    raise UserError(f"SBD (the Semantic Boundaries Dataset, the training data of the paper's segmentation runs) "
+                    f"not found; looked for a dataset folder with cls/ and train.txt at "
+                    f"{', '.join(str(c) for c in candidates)}. Give it with --sbd, or train on VOC alone with "
+                    f"--preset voc2012")
 
 
-def training_set(cfg: Config) -> Dataset:
+
+def training_set(cfg: Config) -> SegmentationItems | VOCSegmentation:
     d = cfg.data
     transforms = PairedCropMirror(d.train_crop, train=True) if d.train_crop else None
-    if d.sbd:
-        return SBDAugmented(cfg.voc, d.sbd, d.year, d.train_split, d.val_split, transforms)
+    if d.train == "sbd":
+        return SBDSegmentation(find_sbd(cfg), "train", transforms)
+    if d.train == "sbd_aug":
+        return SBDAugmented(cfg.voc, find_sbd(cfg), d.year, d.train_split, d.val_split, transforms)
     return VOCSegmentation(cfg.voc, d.year, d.train_split, transforms)
+
+
+def validation_set(cfg: Config) -> tuple[VOCSegmentation, str]:
+    """The scored images and a description of where their list came from."""
+    d = cfg.data
+    if d.val_split == "seg11valid":
+        ids, source = seg11valid_ids(cfg.voc, find_sbd(cfg), d.year)
+        return VOCSegmentation(cfg.voc, d.year, ids=ids), source
+    return VOCSegmentation(cfg.voc, d.year, d.val_split), f"VOC{d.year} Segmentation/{d.val_split}.txt"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -473,17 +427,19 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
     torch.manual_seed(cfg.seed)
     d, o = cfg.data, cfg.optim
     train_ds = training_set(cfg)
-    val_ds = VOCSegmentation(cfg.voc, d.year, d.val_split)
+    val_ds, val_source = validation_set(cfg)
     if len(train_ds) == 0 or len(val_ds) == 0:
-        raise UserError(f"{cfg.voc}: VOC{d.year} segmentation training set has {len(train_ds)} and "
-                        f"{d.val_split} {len(val_ds)} images; both must be non-empty")
+        raise UserError(f"{cfg.voc}: the segmentation training set ({d.train}) has {len(train_ds)} and the "
+                        f"validation set ({val_source}) {len(val_ds)} images; both must be non-empty")
+    train_files = train_ds.files() if isinstance(train_ds, SegmentationItems) else None
 
     t0 = time.perf_counter()
     if prepared is None:
         prepared = prepare_encoder(cfg.encoder, cfg.input_mode, voc_root=cfg.voc, year=d.year,
-                                   split=d.train_split, rescale=cfg.rescale, seed=cfg.seed,
+                                   split={"sbd": "SBD train", "sbd_aug": "SBD-augmented train"}.get(
+                                       d.train, d.train_split), rescale=cfg.rescale, seed=cfg.seed,
                                    ab_branch=cfg.ab_branch, dropout=cfg.dropout, device=device,
-                                   image_set="Segmentation")
+                                   image_set="Segmentation", files=train_files)
     t_prepare = time.perf_counter() - t0
     encoder = prepared.encoder
     # the training stream (head init, crops, dropout) must not depend on how the encoder was built (loading
@@ -497,7 +453,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
     params = trainable_parameters(model)
 
     train_counter, val_counter = SkipCounter(), SkipCounter()
-    batches = endless_batches(train_ds, o.batch_size, cfg.seed, d.workers, collate=collate_skip_lists,
+    batches = endless_batches(train_ds, o.batch_size, cfg.seed, cfg.workers, collate=collate_skip_lists,
                               counter=train_counter)
     history: list[dict[str, Any]] = []
     window = {"loss": 0.0, "n": 0}
@@ -542,20 +498,23 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
 
     t0 = time.perf_counter()
     metrics, evaluated = evaluate(model, lambda rgb: encoder.prepare(rgb).contiguous(memory_format=memory), val_ds,
-                                  device, cfg.precision, d.workers, cfg.progress, val_counter)
+                                  device, cfg.precision, cfg.workers, cfg.progress, val_counter)
     t_eval = time.perf_counter() - t0
 
     protocol = {
-        "name": "VOC2012 segmentation, FCN-32s (Long et al.; Pathak et al.'s protocol; the paper's Table 2)",
-        "train": (f"SBD-augmented (SBD train+val + VOC{d.year} {d.train_split} - VOC{d.year} {d.val_split})"
-                  if d.sbd else f"VOC{d.year} {d.train_split}"),
-        "test": f"VOC{d.year} {d.val_split}",
+        "name": "VOC segmentation, FCN-32s (Long et al.; Pathak et al.'s protocol as the authors' released "
+                "segmentation runs; the paper's Table 2)",
+        "train": {"sbd": "SBD train (dataset/train.txt, SBD's release layout)",
+                  "sbd_aug": f"SBD-augmented (SBD train+val + VOC{d.year} {d.train_split} - VOC{d.year} "
+                             f"{d.val_split})",
+                  "voc": f"VOC{d.year} {d.train_split}"}[d.train],
+        "test": f"VOC{d.year} {d.val_split} ({val_source})",
         "network": model.describe(),
         "loss": "softmax cross-entropy, 255 ignored, mean over labelled pixels per image",
-        "solver": {"type": "SGD", "momentum": o.momentum, "base_lr": o.lr,
-                   "lr_policy": "fixed" if o.lr_step <= 0 else f"step: x{o.lr_gamma} every {o.lr_step}",
-                   "images_per_update": o.batch_size * o.iter_size, "iterations": o.iterations,
-                   "weight_decay": o.weight_decay, "clip_gradients": o.clip_gradients},
+        "solver": o.describe(),
+        "param_groups": describe_param_groups(optimizer),
+        "source": "the authors' feature_learning_tests/segmentation: train_val.prototxt (kernel 63, biases lr x2 "
+                  "decay 0), solver0.prototxt and solve.py (three 50k phases at 1e-4, 1e-5, 1e-6)",
         "training_images": "whole images" if not d.train_crop else f"random {d.train_crop} px crops, mirrored",
         "dropout": cfg.dropout, "input_mode": encoder.input_mode, "ab_branch": cfg.ab_branch,
         "precision": precision, "channels_last": cfg.channels_last,
@@ -563,7 +522,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
     }
     data = {"name": dataset_name(cfg.voc), "voc": str(cfg.voc), "year": d.year,
             "train": {"split": protocol["train"], "images": len(train_ds), "skipped": train_counter.summary(),
-                      **({"sbd_counts": train_ds.counts} if isinstance(train_ds, SBDAugmented) else {})},
+                      **({"sbd_counts": train_ds.counts} if hasattr(train_ds, "counts") else {})},
             "val": {"split": d.val_split, "images": len(val_ds), "evaluated": evaluated,
                     "skipped": val_counter.summary()}}
     result = result_record(
@@ -586,25 +545,27 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
 # Command line (``xchannel pascal seg``)
 
 DESCRIPTION = """\
-Fine-tune FCN-32s on an encoder (fc6/fc7 as convolutions, a 21-way score layer, a bilinear 64x64 stride-32
-upsampling) on VOC2012 train (or the SBD-augmented train with --sbd) and evaluate on VOC2012 val: mean IU over the
-21 classes and pixel accuracy. The encoder is rescaled first (Krähenbühl et al. 2016).
+Fine-tune FCN-32s on an encoder (fc6/fc7 as convolutions, a 21-way score layer, a bilinear 63x63 stride-32
+upsampling) as the authors did: SBD train -> VOC2011 seg11valid (the VOC2011 val images not in SBD train), 150k
+iterations (1e-4, 1e-5, 1e-6 for 50k each), 20 images per update; mean IU over the 21 classes and pixel accuracy.
+--preset voc2012: VOC2012 train -> val (FCN-AlexNet's own protocol); --preset train_aug: SBD-augmented training.
+The encoder is rescaled first (Krähenbühl et al. 2016).
 
-  xchannel pascal seg runs/alexnet/ckpt_00450000.pt --voc VOCdevkit --input-mode color --ab-branch
-  xchannel pascal seg kmeans --voc VOCdevkit --sbd benchmark_RELEASE/dataset"""
+  xchannel pascal seg runs/alexnet/ckpt_00450000.pt --voc VOCdevkit --sbd benchmark_RELEASE/dataset --input-mode color
+  xchannel pascal seg kmeans --voc VOCdevkit --preset voc2012"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
     add_preset_argument(p, PRESETS)
-    p.add_argument("--sbd", help="SBD's dataset folder: train on the SBD-augmented set")
+    p.add_argument("--sbd", help="SBD's dataset folder (img/, cls/, train.txt, val.txt; default: SBD/dataset or "
+                                 "benchmark_RELEASE/dataset next to the VOCdevkit)")
     p.add_argument("--ab-branch", action="store_true", default=None,
                    help="color input: a separate zero-initialised ab branch on conv1")
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    return config_from_args(Config, args, {"sbd": "data.sbd", "ab_branch": "ab_branch"},
-                            preset=PRESETS[getattr(args, "preset", None) or "paper"])
+    return config_from_args(Config, args, {"sbd": "data.sbd", "ab_branch": "ab_branch"}, PRESETS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -616,6 +577,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Config", "FCN32s", "PRESETS", "SBDAugmented", "SegData", "SegOptim", "add_arguments", "bilinear_kernel",
-           "ceil_mode_pools", "config", "crop_offset", "evaluate", "run", "run_task", "segmentation_loss",
-           "training_set"]
+__all__ = ["Config", "FCN32s", "PRESETS", "SegData", "add_arguments", "bilinear_kernel", "ceil_mode_pools", "config",
+           "crop_offset", "evaluate", "find_sbd", "reference_solver", "run", "run_task", "segmentation_loss",
+           "training_set", "validation_set"]

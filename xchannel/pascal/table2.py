@@ -1,7 +1,8 @@
 """Table 2 of the paper ("Task and Dataset Generalization on PASCAL"), published rows beside ours.
 
-Columns (:data:`xchannel.pascal.common.TABLE2_COLUMNS`): classification with fc8, fc6-8 or all layers fine-tuned
-(% mAP, VOC2007), detection (% mAP, VOC2007, Fast R-CNN) and segmentation (% mIU, VOC2012, FCN).
+Columns (:data:`xchannel.pascal.record.TABLE2_COLUMNS`): classification with fc8, fc6-8 or all layers fine-tuned
+(% mAP, VOC2007), detection (% mAP, VOC2007, Fast R-CNN) and segmentation (% mIU, FCN; the paper's "VOC 2012"
+column, which its authors ran on SBD train -> VOC2011 seg11valid).
 
 * **Published rows**: the paper's Table 2 as stored, with its source, in ``benchmarks/published/table2.json``
   (read with the loader of ``benchmarks/published``): ImageNet, Gaussian, Autoencoder, k-means, Agrawal et al.,
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from xchannel.errors import UserError
-from xchannel.pascal.common import TABLE2_COLUMNS
+from xchannel.pascal.record import TABLE2_COLUMNS
 from xchannel.utils.io import atomic_write_text
 
 MISSING = "—"

@@ -36,7 +36,7 @@ def probe_stage(ctx) -> dict:
         tables.append(f"{label}\n{format_table(res)}")
     atomic_write_json(ctx.results / "figure7.json", {"data": "embedded (xchannel make-data, seed "
                                                               f"{ctx.seed})", "top1": results,
-                                                     "protocol": "zhang16", "crop": CROP, "epochs": EPOCHS})
+                                                     "protocol": cfg.protocol, "crop": CROP, "epochs": EPOCHS})
     atomic_write_text(ctx.results / "figure7.md", "Linear probes on the embedded data set (top-1 %, val)\n\n```\n"
                       + "\n\n".join(tables) + "\n```\n")
     make_plot("figure7", paths, ctx.results / "figure7.png")

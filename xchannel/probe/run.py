@@ -53,7 +53,7 @@ from xchannel.errors import UserError
 from xchannel.features.cache import FeatureCache, file_list_fingerprint
 from xchannel.features.encoders import Encoder, load_encoder, parse_spec
 from xchannel.probe.heads import ProbeHeads
-from xchannel.probe.protocols import PoolSpec, Protocol, Schedule, get_protocol
+from xchannel.probe.protocols import DEFAULT_PROTOCOL, PoolSpec, Protocol, Schedule, get_protocol
 from xchannel.utils.config import to_dict
 from xchannel.utils.io import atomic_write_json
 
@@ -74,7 +74,7 @@ class ProbeConfig:
     encoder: str = "gaussian"
     data: str = ""
     layers: list[str] = field(default_factory=lambda: ["all"])
-    protocol: str = "zhang16"
+    protocol: str = DEFAULT_PROTOCOL
     rounding: Literal["ceil", "floor"] = "ceil"
     input_mode: Literal["gray", "color", "rgb"] | None = None
     geometry: Literal["transfer", "pretext"] = "transfer"

@@ -218,7 +218,7 @@ register(JobKind("train", "pretext training (xchannel.train.engine.train, resume
 register(JobKind("probe", "linear probes of a frozen encoder (xchannel.probe.run_probe; Fig. 7)",
                  "xchannel.probe.run:ProbeConfig", _run_probe))
 for _kind, _module, _what in (("pascal-cls", "classification", "VOC2007 classification"),
-                              ("pascal-seg", "segmentation", "VOC2012 segmentation, FCN-32s"),
+                              ("pascal-seg", "segmentation", "segmentation (SBD -> VOC2011 seg11valid), FCN-32s"),
                               ("pascal-det", "detection", "VOC2007 detection, Fast R-CNN")):
     register(JobKind(_kind, f"{_what} fine-tuning (xchannel.pascal.{_module}.run_task; Table 2)",
                      f"xchannel.pascal.{_module}:Config", _pascal_runner(_module),
