@@ -230,7 +230,9 @@ def test_end_to_end_json_and_color_equals_gray_with_frozen_conv1(voc: Path, gray
     gray_scores, color_scores = np.load(gray["scores_file"]), np.load(color["scores_file"])
     assert list(gray_scores["ids"]) == list(color_scores["ids"]) and gray_scores["scores"].shape == (16, 20)
     assert gray_scores["scores"].std(axis=0).min() > 1e-3  # images differ far beyond the tolerance below
-    assert np.allclose(color_scores["scores"], gray_scores["scores"], rtol=1e-5, atol=1e-6)
+    # float32 rounding only (measured max 1.4e-6 on scores up to 1.4 with two threads, whose oneDNN kernels differ
+    # between the 1- and 3-channel conv1)
+    assert np.allclose(color_scores["scores"], gray_scores["scores"], rtol=1e-5, atol=1e-5)
     assert np.array_equal(gray_scores["labels"], color_scores["labels"])
 
 
