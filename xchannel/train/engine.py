@@ -40,6 +40,7 @@ from xchannel.data.images import (ImageFolderDataset, ImageListDataset, ImageSam
 from xchannel.data.screen import ScreenResult, load_screens, save_screens, screen_samples
 from xchannel.errors import UserError
 from xchannel.pretext import get_task
+from xchannel.pretext.base import step_generator
 from xchannel.train import checkpoint as ckpt
 from xchannel.train.config import TrainConfig
 from xchannel.train.distributed import World, cleanup, init_distributed
@@ -240,6 +241,26 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """``optim.name``: Adam (betas) or SGD (momentum, Nesterov), with ``optim.lr`` and ``optim.weight_decay``."""
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                               weight_decay=o.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def total_loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The back-propagated loss: the sum of a task's named losses (the loss itself when there is one)."""
+    if not losses:
+        raise ValueError("a task's loss() returned no losses")
+    values = list(losses.values())
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train ``cfg.task`` as configured; returns the run summary (also written to ``summary.json``)."""
     device = resolve_device(cfg.device)
@@ -251,6 +272,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
 
 
 def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device, world: World) -> dict:
+    task = get_task(cfg.task)(cfg, device)  # first: a wrong task name or option stops the run before it starts
     run_dir = Path(cfg.out)
     existing = ckpt.list_checkpoints(run_dir) if run_dir.exists() else []
     if existing and not resume:
@@ -270,7 +292,6 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", {"xchannel": __version__, **to_dict(cfg)})
 
-    task = get_task(cfg.task)(cfg, device)
     model = task.build_model().to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -287,8 +308,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
                           progress and world.is_main)
     if state is None:
         _initialise(cfg, task, model, train_set, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                 weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     step = 0
     if state is not None:
@@ -325,11 +345,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
                 scheduler.step()
                 bar.update(1)
                 continue
-            b = task.prepare(batch["image"], batch.get("has_color"))
-            if cfg.channels_last:
-                b.L = b.L.contiguous(memory_format=torch.channels_last)
+            b = task.prepare(batch, step_generator(cfg.seed, step, world.rank, device))
             with _autocast(cfg, device):
-                loss = task.loss(net, b)
+                losses = task.loss(net, b)
+            loss = total_loss(losses)
             if not torch.isfinite(loss):
                 last = ckpt.list_checkpoints(run_dir)
                 raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; the last good checkpoint "
@@ -351,14 +370,15 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
             bar.update(1)
             bar.set_postfix(loss=f"{loss_v:.4f}", img_s=f"{rate:.1f}")
             if world.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-                append_jsonl(metrics_path, {"step": step, "loss": loss_v, "lr": scheduler.get_last_lr()[0],
+                parts = {"losses": {k: v.item() for k, v in losses.items()}} if len(losses) > 1 else {}
+                append_jsonl(metrics_path, {"step": step, "loss": loss_v, **parts, "lr": scheduler.get_last_lr()[0],
                                             "images_per_s": rate, "skipped": skips.skipped, "time": time.time()})
             if world.is_main and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                 last_val = _validate(task, model, val_set, cfg, run_dir, step, val_skips)
                 append_jsonl(metrics_path, {"step": step, "val": last_val, "time": time.time()})
             interrupted = _agree(stop.signal is not None, device, world)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupted:
-                _save(run_dir, step, model, optimizer, scheduler, cfg, world)
+                _save(run_dir, step, task, model, optimizer, scheduler, cfg, world)
             if interrupted:
                 status = "interrupted"
                 if world.is_main:
@@ -385,12 +405,17 @@ def _agree(flag: bool, device: torch.device, world: World) -> bool:
     return bool(t.item())
 
 
-def _save(run_dir: Path, step: int, model, optimizer, scheduler, cfg: TrainConfig, world: World) -> None:
+def _save(run_dir: Path, step: int, task, model, optimizer, scheduler, cfg: TrainConfig, world: World) -> None:
+    """The checkpoint: the task's self-describing entries (:meth:`~xchannel.pretext.base.PretextTask.export`:
+    backbone, heads, task, pretrained stages), the whole trained network's ``state_dict`` (and its ``model`` and
+    ``hparams`` when it is one registered network, as a colorizer is), and the state that resumes the run."""
     if not world.is_main:
         return
-    from xchannel.models import model_checkpoint
+    from xchannel.models import MODELS, model_checkpoint
 
-    state = {**model_checkpoint(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    whole = model_checkpoint(model) if getattr(model, "registry_name", None) in MODELS else {}
+    state = {**task.export(model), **whole, "state_dict": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "step": step, "rng": ckpt.rng_state(), "config": json.loads(json.dumps(to_dict(cfg))),
              "xchannel": __version__}
     ckpt.save_checkpoint(run_dir, step, state, keep=cfg.keep_checkpoints)
@@ -402,7 +427,7 @@ def _validate(task, model, val_set, cfg: TrainConfig, run_dir: Path, step: int, 
     n = min(cfg.data.val_images, len(val_set))
     subset = torch.utils.data.Subset(val_set, np.linspace(0, len(val_set) - 1, n).round().astype(int).tolist())
     loader = _loader(subset, min(cfg.data.batch_size, 16), 0)
-    good = (b["image"] for b in loader if skips.update(b))
+    good = (b for b in loader if skips.update(b))
     return task.validate(model, good, run_dir / "samples", step, cfg.data.val_images)
 
 
@@ -431,12 +456,12 @@ def _initialise(cfg: TrainConfig, task, model, train_set, device) -> None:
         return
     loader = _loader(SeededItems(train_set), cfg.data.batch_size, 0,
                      ResumableSampler(len(train_set), cfg.data.batch_size, cfg.seed + 1, World()))
-    batches, it = [], iter(loader)
-    while len(batches) < cfg.model.init_batches:
+    images, it = [], iter(loader)
+    while len(images) < cfg.model.init_batches:
         b = next(it)
         if "image" in b:
-            batches.append(task.prepare(b["image"]).L)
-    minit.kmeans_init_(model, batches)
+            images.append(b["image"])
+    task.kmeans_init(model, images)
 
 
 def _read_summary(run_dir: Path) -> dict:
