@@ -190,10 +190,12 @@ def test_config_is_strict_and_saved(tmp_path, folder):
 
 
 @pytest.mark.slow
-def test_ddp_two_gloo_processes(tmp_path, folder):
-    cfg = _cfg(tmp_path, folder, steps=3, checkpoint_every=3, data={"val": None, "batch_size": 2})
+@pytest.mark.parametrize("task,port", [("colorization", 29533), ("splitbrain", 29534)])
+def test_ddp_two_gloo_processes(tmp_path, folder, task, port):
+    """Two processes; split-brain's two towers with their dict of inputs are the network least like the others."""
+    cfg = _cfg(tmp_path, folder, task, steps=3, checkpoint_every=3, data={"val": None, "batch_size": 2})
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "xchannel", "train", str(tmp_path / "cfg.yaml"), "--no-progress"]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -201,7 +203,7 @@ def test_ddp_two_gloo_processes(tmp_path, folder):
     assert summary["world_size"] == 2 and summary["step"] == 3
     # 2 processes x 2 images per step
     state = ckpt.load_latest(Path(cfg.out))
-    assert state["step"] == 3
+    assert state["step"] == 3 and state["task"] == task
 
 
 def test_table1_variants_and_kmeans_init(tmp_path, folder):
