@@ -291,7 +291,8 @@ def test_a_checkpoint_written_before_backbone_entries_still_gives_its_features()
     """The fixture was written by the training engine of 2026-12 (no backbone entry); these are the features
     that code's encoder gave on this input."""
     enc = load_encoder(str(FIXTURE))
-    assert enc.input_mode == "gray" and enc.info["task"] == "colorization"
+    assert enc.input_mode == "gray" and enc.info["task"] == "colorization" and enc.info["reinitialised"] == []
+    assert enc.describe()["pretrained_stages"] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
     x = torch.rand(2, 3, 227, 227, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         f = enc.features(x, ["conv1", "conv5", "fc7"])

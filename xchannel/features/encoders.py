@@ -467,11 +467,13 @@ def _build_checkpoint(req: EncoderRequest) -> Encoder:
         stages = None
         base = {"source": info.get("source"), "step": info.get("step"), "loss_kind": info.get("loss_kind"),
                 "task": "colorization"}
+    if stages is None:  # colorization (the only task before backbone entries) trains every stage
+        base["pretrained_stages"] = [s for s in getattr(model, "stage_names", getattr(model, "layer_names", ()))
+                                     if s != "fc8" and not s.startswith("pool")]
     if isinstance(model, AlexNet):
         hparams_in = dict(model.hparams)
         model, mode = _adapt_alexnet(model, req.input_mode, req.geometry, str(path))
-        if stages is not None:
-            base["reinitialised"] = _reinitialise_untrained(model, stages, mode, req)
+        base["reinitialised"] = _reinitialise_untrained(model, base["pretrained_stages"], mode, req)
         return _alexnet_encoder(req, model, name=checkpoint_name(path) + ("" if mode == "gray" else f" ({mode})"),
                                 input_mode=mode, weights_path=str(path),
                                 info={**base, "arch": "alexnet", "trained_hparams": hparams_in,

@@ -1,5 +1,9 @@
 """The training engine: one loop for every pretext task.
 
+The engine knows a task (:mod:`xchannel.pretext`) only through its interface: it hands each collated batch and a
+generator seeded by (seed, step, rank) to ``task.prepare``, back-propagates the sum of ``task.loss``'s named
+losses (logging each), calls ``task.validate`` and writes ``task.export``'s entries into every checkpoint.
+
 What it guarantees:
 
 * **Resumable to the bit.** The data order and each image's augmentation are functions of (seed, step): the sampler
@@ -385,7 +389,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
                     print(f"signal received: checkpointed {run_dir} at step {step}; resume with --resume")
                 break
     bar.close()
-    summary = {"status": status, "step": step, "steps": cfg.steps, "first_loss": first_loss, "last_loss": last_loss,
+    summary = {"status": status, "task": cfg.task, "step": step, "steps": cfg.steps, "first_loss": first_loss, "last_loss": last_loss,
                "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "val": last_val,
                "data": skips.summary(), "val_data": val_skips.summary(),
                "screen": {name: result.describe() for name, result in screens.items()}, "device": str(device),
