@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import TINY_TASKS, synthetic_voc, with_task, write_image_folder
+from helpers import synthetic_voc, with_task, write_image_folder
 
 from xchannel import color as C
 from xchannel.cli import main, probe_main
