@@ -37,6 +37,7 @@ from PIL import Image
 
 from badfiles import (BOMB_SIDE, UNUSABLE_REASONS, VOC_DAMAGE, break_voc, dirty_and_clean_folders, photo, voc_tree,
                       write_odd_valid, write_unusable)
+from helpers import TINY_TASKS, with_task
 from xchannel.cli import main
 from xchannel.data import screen
 from xchannel.data.images import BadImageError, check_image, is_grayscale, load_rgb
@@ -75,11 +76,12 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
-def train_config(path: Path, train: Path, out: Path, **over) -> Path:
-    """A YAML training config for a tiny AlexNet encoder (1/8 width, 32 px crops) on the CPU."""
+def train_config(path: Path, train: Path, out: Path, task: str = "colorization", **over) -> Path:
+    """A YAML training config for a tiny AlexNet on ``task`` (colorization: 1/8 width, 32 px crops) on the CPU."""
     cfg = {"model": {"name": "alexnet", "width": 0.125},
            "data": {"train": str(train), "crop": 32, "batch_size": 4, "workers": 0},
            "steps": 4, "checkpoint_every": 2, "log_every": 1, "device": "cpu", "seed": 0, "out": str(out)}
+    cfg = with_task(cfg, task)
     for key, value in over.items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -447,11 +449,12 @@ def test_sigkill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, 
     assert not list(run.glob(".ckpt_*.tmp"))  # the next save removed the dead write's temporary
 
 
-def _signal_at_step(monkeypatch, signum: int, step: int) -> None:
+def _signal_at_step(monkeypatch, signum: int, step: int, task: str = "colorization") -> None:
     """Fault injection: the training process receives ``signum`` during step ``step`` (as from SLURM)."""
-    from xchannel.pretext.colorization import ColorizationTask
+    from xchannel.pretext import get_task
 
-    real = ColorizationTask.loss
+    cls = get_task(task)
+    real = cls.loss
     calls = {"n": 0}
 
     def loss(self, model, batch):
@@ -460,18 +463,27 @@ def _signal_at_step(monkeypatch, signum: int, step: int) -> None:
             os.kill(os.getpid(), signum)
         return real(self, model, batch)
 
-    monkeypatch.setattr(ColorizationTask, "loss", loss)
+    monkeypatch.setattr(cls, "loss", loss)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+_SIGNAL_CASES = [(signal.SIGUSR1, "colorization"), (signal.SIGTERM, "colorization"),
+                 *((signal.SIGUSR1, task) for task in TINY_TASKS if task != "colorization")]
+
+
+@pytest.mark.parametrize("signum,task", _SIGNAL_CASES,
+                         ids=[f"{signal.Signals(s).name}-{t}" for s, t in _SIGNAL_CASES])
 def test_a_signal_checkpoints_and_exits_then_resume_finishes_and_a_finished_run_is_left_alone(
-        tmp_path, folders, capsys, monkeypatch, signum):
-    """SLURM warns a job with SIGUSR1 (``--signal``) or SIGTERM before pre-emption or its time limit."""
+        tmp_path, folders, capsys, monkeypatch, signum, task):
+    """SLURM warns a job with SIGUSR1 (``--signal``) or SIGTERM before pre-emption or its time limit; the
+    resumed run ends with the very weights of an uninterrupted one, for every task."""
+    reference = tmp_path / "reference"
+    ref_cfg = train_config(tmp_path / "ref.yaml", folders.clean, reference, task, deterministic=True)
+    assert run_cli(capsys, "train", ref_cfg, "--no-progress")[0] == 0
     run = tmp_path / "run"
-    cfg = train_config(tmp_path / "cfg.yaml", folders.clean, run, checkpoint_every=100)
+    cfg = train_config(tmp_path / "cfg.yaml", folders.clean, run, task, checkpoint_every=100, deterministic=True)
     handler = signal.getsignal(signum)
     with monkeypatch.context() as m:
-        _signal_at_step(m, signum, step=2)
+        _signal_at_step(m, signum, step=2, task=task)
         rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
     assert rc == 3, out + err  # interrupted: resumable, not an error
     assert f"signal received: checkpointed {run} at step 2; resume with --resume" in out
@@ -483,6 +495,10 @@ def test_a_signal_checkpoints_and_exits_then_resume_finishes_and_a_finished_run_
     assert rc == 0 and f"resuming {run} from step 2" in out, out + err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == 4
+    want, got = (torch.load(ckpt.list_checkpoints(r)[0][1], weights_only=True) for r in (reference, run))
+    assert want["task"] == got["task"] == task and want["state_dict"].keys() == got["state_dict"].keys()
+    for key, value in want["state_dict"].items():
+        assert torch.equal(value, got["state_dict"][key]), key
 
     before = snapshot(run)
     rc, out, err = run_cli(capsys, "train", cfg, "--resume", "--no-progress")

@@ -24,7 +24,7 @@ from xchannel.utils.config import build_config
 
 REPO = Path(__file__).resolve().parents[1]
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-DEMO_CONFIGS = ("demo-alexnet", "demo-vgg")
+DEMO_CONFIGS = tuple(sorted(p.stem for p in (REPO / "xchannel" / "configs").glob("demo-*.yaml")))
 
 
 def _python(code: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
@@ -63,9 +63,9 @@ def test_avx2_only_cpu_resolves_auto_to_fp32_and_warns_once_on_explicit_bf16():
 def test_training_run_records_its_precision_under_the_restriction(tmp_path):
     """The real entry point under an AVX2-only imitation: a demo config trains in fp32, logs and saves the
     choice; the same run with an explicit bf16 runs in bf16 and warns on stderr."""
-    from tests.test_train import _write_folder
+    from helpers import write_image_folder
 
-    images = _write_folder(tmp_path / "images", n_per_class=4, size=40)
+    images = write_image_folder(tmp_path / "images", n_per_class=4, size=40)
     common = ["demo-alexnet", f"data.train={images}", "data.val=", "data.crop=32", "data.resize=32",
               "data.batch_size=4", "data.workers=0", "steps=1", "checkpoint_every=1", "log_every=1",
               "model.width=0.125"]

@@ -8,11 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+from helpers import TINY_TASKS, with_task, write_image_folder
 
 from xchannel import color as C
 from xchannel.errors import UserError
@@ -26,28 +25,12 @@ from xchannel.utils.config import build_config, to_dict
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _write_folder(root: Path, n_per_class: int = 8, size: int = 48, seed: int = 0) -> Path:
-    """A small ImageFolder of coloured discs and bars on varied backgrounds (two classes)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    for cls in ("disc", "bar"):
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            bg = rng.uniform(60, 200, 3)
-            img = np.ones((size, size, 3)) * bg + rng.normal(0, 8, (size, size, 3))
-            cy, cx = rng.uniform(size * 0.3, size * 0.7, 2)
-            mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < (size / 4) ** 2) if cls == "disc" else (abs(yy - cy) < size / 8)
-            colour = [(220, 30, 30), (30, 200, 40), (230, 210, 20)][rng.integers(3)] if cls == "disc" else (40, 60, 220)
-            img[mask] = colour
-            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / cls / f"{i:03d}.jpg", quality=95)
-    return root
-
-
-def _cfg(tmp: Path, images: Path, **over) -> TrainConfig:
+def _cfg(tmp: Path, images: Path, task: str = "colorization", **over) -> TrainConfig:
     base = {"model": {"name": "alexnet", "width": 0.125}, "data": {"train": str(images), "val": str(images), "crop": 64,
             "batch_size": 4, "workers": 0, "val_images": 8}, "steps": 6, "checkpoint_every": 2, "val_every": 100,
             "log_every": 1, "deterministic": True, "seed": 3, "out": str(tmp / "run"),
             "optim": {"lr": 1e-3}}
+    base = with_task(base, task)
     for k, v in over.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
     tmp.mkdir(parents=True, exist_ok=True)
@@ -58,7 +41,7 @@ def _cfg(tmp: Path, images: Path, **over) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return _write_folder(tmp_path_factory.mktemp("imgs"))
+    return write_image_folder(tmp_path_factory.mktemp("imgs"))
 
 
 def test_loss_equals_eq2_with_dense_targets_and_ignores_gray_images():
@@ -167,19 +150,21 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, folder):
     assert again["status"] == "already-finished"
 
 
-def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, folder, monkeypatch):
-    from xchannel.pretext.colorization import ColorizationTask
+@pytest.mark.parametrize("task", TINY_TASKS)
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, folder, monkeypatch, task):
+    from xchannel.pretext import get_task
 
-    cfg = _cfg(tmp_path, folder, steps=5, checkpoint_every=2, data={"val": None})
-    real = ColorizationTask.loss
+    cfg = _cfg(tmp_path, folder, task, steps=3, checkpoint_every=2, data={"val": None})
+    cls = get_task(task)
+    real = cls.loss
     calls = {"n": 0}
 
     def poisoned(self, model, batch):  # fault injection: the 3rd loss is NaN
         calls["n"] += 1
-        loss = real(self, model, batch)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        losses = real(self, model, batch)
+        return {k: v * float("nan") for k, v in losses.items()} if calls["n"] == 3 else losses
 
-    monkeypatch.setattr(ColorizationTask, "loss", poisoned)
+    monkeypatch.setattr(cls, "loss", poisoned)
     with pytest.raises(TrainingError, match=r"non-finite loss .* step 3.*ckpt_00000002\.pt"):
         train(cfg, progress=False)
     assert [s for s, _ in ckpt.list_checkpoints(Path(cfg.out))] == [2]
@@ -205,10 +190,12 @@ def test_config_is_strict_and_saved(tmp_path, folder):
 
 
 @pytest.mark.slow
-def test_ddp_two_gloo_processes(tmp_path, folder):
-    cfg = _cfg(tmp_path, folder, steps=3, checkpoint_every=3, data={"val": None, "batch_size": 2})
+@pytest.mark.parametrize("task,port", [("colorization", 29533), ("splitbrain", 29534)])
+def test_ddp_two_gloo_processes(tmp_path, folder, task, port):
+    """Two processes; split-brain's two towers with their dict of inputs are the network least like the others."""
+    cfg = _cfg(tmp_path, folder, task, steps=3, checkpoint_every=3, data={"val": None, "batch_size": 2})
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "xchannel", "train", str(tmp_path / "cfg.yaml"), "--no-progress"]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -216,7 +203,7 @@ def test_ddp_two_gloo_processes(tmp_path, folder):
     assert summary["world_size"] == 2 and summary["step"] == 3
     # 2 processes x 2 images per step
     state = ckpt.load_latest(Path(cfg.out))
-    assert state["step"] == 3
+    assert state["step"] == 3 and state["task"] == task
 
 
 def test_table1_variants_and_kmeans_init(tmp_path, folder):

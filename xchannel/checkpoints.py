@@ -17,14 +17,15 @@ def is_official_eccv16(state: object) -> bool:
     return isinstance(state, dict) and "model_out.weight" in state and "model1.0.weight" in state
 
 
-def load_network(path: str | Path) -> tuple[nn.Module, dict]:
+def load_network(path: str | Path, state: object = None) -> tuple[nn.Module, dict]:
     """A network from an xchannel checkpoint (training or bare model) or the released ECCV16 colorizer.
 
     Returns ``(model, info)`` with the model in eval mode; ``info`` has ``source`` ("xchannel" or
     "official_eccv16"), ``config`` (the training run's config dict, when there is one) and ``loss_kind``.
+    ``state``: the file's content when it is already loaded.
     """
     path = Path(path)
-    state = safe_torch_load(path)
+    state = safe_torch_load(path) if state is None else state
     if is_official_eccv16(state):
         from xchannel.convert import from_official_eccv16
 

@@ -153,7 +153,7 @@ def fold_batchnorm(model: AlexNet) -> AlexNet:
     folded = AlexNet(**{**model.hparams, "batchnorm": False})
     state = model.state_dict()
     new: dict[str, torch.Tensor] = {}
-    for stage in _LAYERS:
+    for stage in _LAYERS[: len(_LAYERS) - (0 if model.fc8_outputs else 1)]:
         key = _affine_key(stage)
         w, b = state[f"{key}.weight"], state[f"{key}.bias"]
         bn = getattr(model, stage)._modules.get("bn")

@@ -115,7 +115,7 @@ def equivalence(images: torch.Tensor, k: int, stride: int, offset: int, out_hw: 
     task = _task(k)
     ref = AuthorsTargets(k, task.sigma, task.class_weights.numpy(), stride, offset, out_hw)
     L_ref, z_ref, v_ref, m_ref = ref(images.permute(0, 2, 3, 1).numpy())
-    batch = task.prepare(images)
+    batch = task.prepare({"image": images})
     ab = batch.ab_at(stride, offset, out_hw)
     z = C.soft_encode(ab, task.neighbours, task.sigma).double().numpy()
     _, _, v = task.targets(ab)
@@ -140,18 +140,18 @@ def _cases(images: torch.Tensor, k: int, stride: int, offset: int, out_hw: tuple
     np_images = images.permute(0, 2, 3, 1).contiguous().numpy()  # the data layer's arrays (not timed)
 
     def ours_targets() -> None:  # what the loss computes: ab of the head's pixels, sparse targets, weights, mask
-        batch = task.prepare(images)
+        batch = task.prepare({"image": images})
         task.targets(batch.ab_at(stride, offset, out_hw))
         batch.has_color
 
     def ours_with_L() -> None:  # the same and the network input L of the whole crops: one training step's data
-        batch = task.prepare(images)
+        batch = task.prepare({"image": images})
         batch.L
         task.targets(batch.ab_at(stride, offset, out_hw))
         batch.has_color
 
     def ours_dense() -> None:  # the dense N x 313 x h x w targets and pixel_weights instead of the sparse form
-        batch = task.prepare(images)
+        batch = task.prepare({"image": images})
         ab = batch.ab_at(stride, offset, out_hw)
         C.soft_encode(ab, task.neighbours, task.sigma)
         C.pixel_weights(ab, task.class_weights)

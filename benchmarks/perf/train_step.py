@@ -56,7 +56,7 @@ def build(width: float, precision: str, seed: int = 0):
 
 def steps(task, model, optim, images: torch.Tensor, precision: str) -> dict[str, Any]:
     """The two timed steps (see the module docstring) and the precomputed inputs of the bare one."""
-    pre = task.prepare(images)
+    pre = task.prepare({"image": images})
     L = pre.L
     with torch.no_grad():
         out_hw = tuple(model(L[:1]).shape[-2:])
@@ -71,9 +71,9 @@ def steps(task, model, optim, images: torch.Tensor, precision: str) -> dict[str,
         return loss.item()
 
     def full() -> float:
-        batch = task.prepare(images)
+        batch = task.prepare({"image": images})
         with _autocast(precision):
-            loss = task.loss(model, batch)
+            loss = task.loss(model, batch)["ce"]
         return update(loss)
 
     def bare() -> float:
@@ -82,7 +82,7 @@ def steps(task, model, optim, images: torch.Tensor, precision: str) -> dict[str,
         return update(loss)
 
     def data() -> None:  # the full step's extra work alone: L, ab at the head's pixels, targets, gray mask
-        batch = task.prepare(images)
+        batch = task.prepare({"image": images})
         batch.L
         task.targets(batch.ab_at(*task.head_pixels(model), out_hw))
         batch.has_color

@@ -168,6 +168,12 @@ class Encoder(nn.Module):
         out.update(self.info)
         return out
 
+    # -- fine-tuning -------------------------------------------------------------------------------------------
+    def trunk_cut(self, dropout: float = 0.5) -> "TrunkCut | None":
+        """The network cut into fine-tunable stages for the PASCAL tasks (:class:`TrunkCut`), or None when the
+        encoder has no such cut (the benchmarks then fine-tune its deepest tap as one stage)."""
+        return None
+
     def freeze(self) -> "Encoder":
         """A fixed feature extractor (linear probes): no gradients, eval mode (BatchNorm statistics and dropout
         fixed). Fine-tuning code instead trains :attr:`backbone` (``load_encoder`` leaves parameters trainable)."""
@@ -191,6 +197,21 @@ def gray_as_rgb(rgb: torch.Tensor) -> torch.Tensor:
     return lab_to_rgb(torch.cat([L, torch.zeros_like(L).expand(-1, 2, -1, -1)], dim=1))
 
 
+@dataclass
+class TrunkCut:
+    """An encoder's network as fine-tunable stages: ``conv`` (conv1 ... pool5, in order) and ``fc`` (fc6, fc7),
+    the input normalisation applied before them (None: the prepared input is fed as it is), the input side the
+    fc stages need, and the channels of the last conv stage and of fc7."""
+
+    kind: str
+    conv: "OrderedDict[str, nn.Module]"
+    fc: "OrderedDict[str, nn.Module]"
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None
+    crop: int
+    conv_dim: int
+    fc_dim: int
+
+
 class LabAlexNetEncoder(Encoder):
     """Our AlexNet (or VGG colorizer) on L or Lab input in natural units (the backbone normalises it)."""
 
@@ -200,6 +221,28 @@ class LabAlexNetEncoder(Encoder):
 
     def taps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.backbone.features(x, list(layers))
+
+    def trunk_cut(self, dropout: float = 0.5) -> TrunkCut | None:
+        """Our AlexNet, in the transfer geometry: BatchNorm folded (the backbone is replaced by the folded
+        network), CaffeNet's drop6 (before fc7) at ``dropout``; stages conv1 ... pool5, fc6, fc7. The VGG
+        colorizer has no cut."""
+        from xchannel.convert import fold_batchnorm
+        from xchannel.models.alexnet import TRANSFER_INPUT, AlexNet
+
+        net = self.backbone
+        if not isinstance(net, AlexNet):
+            return None
+        if net.geometry != "transfer":
+            raise UserError(f"encoder {self.spec!r}: the PASCAL tasks need the transfer geometry (227 px "
+                            f"CaffeNet); load it with geometry='transfer'")
+        if net.batchnorm:
+            net = fold_batchnorm(net)
+            self.backbone = net
+        net.fc7.drop.p = float(dropout)
+        names = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")
+        return TrunkCut("alexnet", OrderedDict((n, getattr(net, n)) for n in names),
+                        OrderedDict(fc6=net.fc6, fc7=net.fc7), net.normalize_input, TRANSFER_INPUT,
+                        net.conv5.conv.out_channels, net.fc7.fc.out_features)
 
 
 class NormalizedRGBEncoder(Encoder):
@@ -228,6 +271,19 @@ class TorchvisionAlexNetEncoder(NormalizedRGBEncoder):
         "conv1": ("features", 1), "conv2": ("features", 4), "conv3": ("features", 7), "conv4": ("features", 9),
         "conv5": ("features", 11), "pool5": ("features", 12), "fc6": ("classifier", 2), "fc7": ("classifier", 5),
     }
+
+    def trunk_cut(self, dropout: float = 0.5) -> TrunkCut:
+        """``features`` (+ its adaptive 6x6 pool) as one ``conv`` stage, ``classifier[0:3]`` as fc6 and
+        ``classifier[3:6]`` as fc7 (with their own dropouts, p = 0.5)."""
+        net = self.backbone
+        cls = net.classifier
+        return TrunkCut("torchvision_alexnet", OrderedDict(features=net.features, avgpool=net.avgpool),
+                        OrderedDict(fc6=nn.Sequential(OrderedDict(flatten=nn.Flatten(), drop=cls[0], fc=cls[1],
+                                                                  relu=cls[2])),
+                                    fc7=nn.Sequential(OrderedDict(drop=cls[3], fc=cls[4], relu=cls[5]))),
+                        None, self.default_crop,
+                        next(m for m in reversed(net.features) if isinstance(m, nn.Conv2d)).out_channels,
+                        cls[4].out_features)
 
     def taps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         want = {self.TAPS[n]: n for n in layers}
@@ -389,7 +445,7 @@ def checkpoint_name(path: Path) -> str:
 
 def _build_checkpoint(req: EncoderRequest) -> Encoder:
     from xchannel.checkpoints import load_network
-    from xchannel.models import AlexNet, VGGColorizer
+    from xchannel.models import AlexNet, VGGColorizer, backbone_from_entry
     from xchannel.train.checkpoint import list_checkpoints
 
     path = Path(req.arg)
@@ -400,11 +456,24 @@ def _build_checkpoint(req: EncoderRequest) -> Encoder:
         path = found[0][1]
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
-    model, info = load_network(path)
-    base = {"source": info.get("source"), "step": info.get("step"), "loss_kind": info.get("loss_kind")}
+    state = safe_torch_load(path)
+    if isinstance(state, dict) and "backbone" in state:  # a self-describing checkpoint: its backbone entry
+        model = backbone_from_entry(state["backbone"], str(path)).eval()
+        stages = state.get("pretrained_stages")
+        base = {"source": "xchannel", "step": state.get("step"), "task": state.get("task"),
+                "pretrained_stages": list(stages) if stages is not None else None}
+    else:  # an xchannel checkpoint from before backbone entries (colorization), or the released ECCV16 colorizer
+        model, info = load_network(path, state)
+        stages = None
+        base = {"source": info.get("source"), "step": info.get("step"), "loss_kind": info.get("loss_kind"),
+                "task": "colorization"}
+    if stages is None:  # colorization (the only task before backbone entries) trains every stage
+        base["pretrained_stages"] = [s for s in getattr(model, "stage_names", getattr(model, "layer_names", ()))
+                                     if s != "fc8" and not s.startswith("pool")]
     if isinstance(model, AlexNet):
         hparams_in = dict(model.hparams)
         model, mode = _adapt_alexnet(model, req.input_mode, req.geometry, str(path))
+        base["reinitialised"] = _reinitialise_untrained(model, base["pretrained_stages"], mode, req)
         return _alexnet_encoder(req, model, name=checkpoint_name(path) + ("" if mode == "gray" else f" ({mode})"),
                                 input_mode=mode, weights_path=str(path),
                                 info={**base, "arch": "alexnet", "trained_hparams": hparams_in,
@@ -417,6 +486,39 @@ def _build_checkpoint(req: EncoderRequest) -> Encoder:
                                  layer_names=model.layer_names, default_crop=224, weights_path=str(path),
                                  info={**base, "arch": "vgg_colorizer", "hparams": dict(model.hparams)})
     raise UserError(f"{path}: holds a {type(model).__name__}, which is not an encoder this loader knows")
+
+
+@torch.no_grad()
+def _reinitialise_untrained(model: nn.Module, pretrained: Sequence[str], mode: str, req: EncoderRequest) -> list[str]:
+    """Draw the AlexNet stages that the pretext task did not train (conv1 ... fc7 not in ``pretrained``) as
+    Table 2's "*" rows were: with Krähenbühl et al.'s k-means initialisation on ``req.init_data`` when given (the
+    layers below them as trained), else Gaussian (seeded by ``req.seed``); their BatchNorm is reset to the identity.
+    Returns the re-initialised stages."""
+    from xchannel.models.init import gaussian_init_, kmeans_init_
+
+    stages = [s for s in model.stage_names if s != "fc8" and not s.startswith("pool")]
+    redo = [s for s in stages if s not in set(pretrained)]
+    if not redo:
+        return []
+    for s in redo:
+        for m in getattr(model, s).modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_parameters()
+                m.reset_running_stats()
+        gaussian_init_(getattr(model, s), seed=req.seed, zero_ab=False)
+    if req.init_data is not None:
+        probe = LabAlexNetEncoder(name="", spec=req.spec, backbone=model, input_mode=mode,
+                                  layer_names=_alexnet_layers(model), default_crop=0)
+        batches = _init_batches(req.init_data, f"encoder {req.spec!r}")
+        x = torch.cat([probe.prepare(b) for b in batches])
+        try:
+            fc_ok = model.output_size(int(x.shape[-1])) == 1 or model.geometry == "pretext"
+        except ValueError:
+            fc_ok = False  # fc6 needs a 6x6 pool5: the fc layers keep their Gaussian draw
+        layers = [f"{s}.{'conv' if s.startswith('conv') else 'fc'}" for s in redo if fc_ok or s.startswith("conv")]
+        if layers:
+            kmeans_init_(model, x, layers=layers, seed=req.seed, progress=False)
+    return redo
 
 
 def _random_alexnet(req: EncoderRequest) -> tuple[nn.Module, str, float]:
@@ -727,5 +829,5 @@ def load_encoder(spec: str, input_mode: str | None = None, geometry: str = "tran
 
 
 __all__ = ["ENCODERS", "Encoder", "EncoderRequest", "INPUT_MODES", "LabAlexNetEncoder", "NormalizedRGBEncoder",
-           "STATE_DICT_ARCHS", "TimmEncoder", "TorchvisionAlexNetEncoder", "gray_as_rgb", "load_encoder",
+           "STATE_DICT_ARCHS", "TimmEncoder", "TorchvisionAlexNetEncoder", "TrunkCut", "gray_as_rgb", "load_encoder",
            "map_alexnet_state_dict", "parse_spec"]

@@ -2,13 +2,15 @@
 
 Every model takes Lab in natural units (L in [0, 100], ab in [-110, 110]) and exposes
 
-* ``forward(x) -> logits`` over the Q = 313 ab bins, N x 313 x h x w;
+* ``forward(x) -> logits`` of its classifier: the Q = 313 ab bins for the colorizers, N x 313 x h x w (an AlexNet's
+  ``fc8_outputs`` sets it for other pretext tasks; 0 leaves the backbone conv1 ... fc7 alone);
 * ``predict_ab(x, T=0.38)`` -> N x 2 x H x W annealed-mean ab at the input resolution (Sec. 2.3);
 * ``features(x, layers) -> dict[name, tensor]`` and ``layer_names`` (the feature taps), stopping after the
   deepest requested layer;
 * ``hparams``: the constructor arguments that rebuild it (``build_model(name, **hparams)``).
 
-A new backbone is one module plus one entry in :data:`MODELS`.
+A new backbone is one module plus one entry in :data:`MODELS`. Training checkpoints also hold a ``backbone`` entry
+(the network without its task head, :func:`backbone_from_entry`), which is what the benchmarks read.
 
 Checkpoints of a bare model are ``{"model": name, "hparams": {...}, "state_dict": {...}}``
 (:func:`model_checkpoint`, :func:`model_from_checkpoint`); trainers may add keys of their own.
@@ -77,5 +79,14 @@ def model_from_checkpoint(ckpt: Any, where: str = "checkpoint") -> nn.Module:
     return model
 
 
-__all__ = ["MODELS", "AlexNet", "VGGColorizer", "build_model", "model_checkpoint", "model_from_checkpoint",
+def backbone_from_entry(entry: Any, where: str = "checkpoint") -> nn.Module:
+    """Rebuild the backbone of a training checkpoint's ``backbone`` entry (``{"arch", "hparams", "input_space",
+    "state_dict"}``, see :func:`xchannel.pretext.base.export_entries`): the network without its task head."""
+    if not isinstance(entry, dict) or not {"arch", "hparams", "state_dict"} <= set(entry):
+        raise UserError(f"{where}: a 'backbone' entry needs keys 'arch', 'hparams', 'state_dict'")
+    return model_from_checkpoint({"model": entry["arch"], "hparams": entry["hparams"],
+                                  "state_dict": entry["state_dict"]}, where)
+
+
+__all__ = ["MODELS", "AlexNet", "VGGColorizer", "backbone_from_entry", "build_model", "model_checkpoint", "model_from_checkpoint",
            "to_color_input"]

@@ -27,8 +27,15 @@ Two geometries share these weights (``geometry=``):
 Pools use PyTorch's floor rounding (Caffe rounds up); with the paddings above this guarantees that every output
 cell is centred inside the image, and both rules agree at 227 px.
 
-Input: Lab in its natural units, L in [0, 100] (``in_channels=1``: the gray model) or L, a, b with ab in
-[-110, 110] (``in_channels=3``: the color variant of Sec. 3.2). The network sees (L - 50) / 100 and ab / 110.
+Input: Lab in its natural units, L in [0, 100] (``in_channels=1``: the gray model), L, a, b with ab in
+[-110, 110] (``in_channels=3``: the color variant of Sec. 3.2) or a, b alone (``in_channels=2``: the ab half of the
+split-brain autoencoder); :attr:`AlexNet.input_space` names it ("L", "Lab", "ab"). The network sees (L - 50) / 100
+and ab / 110.
+
+As a backbone (:mod:`xchannel.pretext`) the network is conv1 ... fc7; fc8 is the task's classifier, with
+``fc8_outputs`` outputs (313 ab bins for colorization, 4 rotations, ...), or absent (``fc8_outputs=0``: the
+backbone alone, as checkpoints hand it to the benchmarks). ``groups`` is the grouping of conv2, conv4 and conv5
+(CaffeNet's 2; 1 for the half-width towers of the split-brain autoencoder, whose two towers are those groups).
 BatchNorm follows conv1, so this fixed affine input scaling changes nothing but the scale of conv1's
 initialisation; it matches the VGG colorizer's convention.
 
@@ -72,6 +79,7 @@ _POOLS: dict[str, dict[str, tuple[int, int]]] = {
     "pool2": {"pretext": (2, 1), "transfer": (2, 0)},
     "pool5": {"pretext": (1, 1), "transfer": (2, 0)},
 }
+INPUT_SPACES = {1: "L", 2: "ab", 3: "Lab"}
 STAGES = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "fc8")
 
 
@@ -93,6 +101,8 @@ class AlexNet(nn.Module):
         seed: seed of the Gaussian initialisation (None: the global RNG).
         zero_init_ab: in the color variant, start conv1's ab weights at zero (True) or draw them too (False, the
             "Gaussian, color input" baseline).
+        fc8_outputs: outputs of the task's classifier fc8 (313: the colorization bins); 0: no fc8.
+        groups: groups of conv2, conv4 and conv5 (CaffeNet: 2).
 
     Feature taps (:attr:`layer_names`): conv1 ... conv5, pool5, fc6, fc7, each post-BatchNorm and post-ReLU.
     """
@@ -102,10 +112,13 @@ class AlexNet(nn.Module):
     stage_names: tuple[str, ...] = STAGES
 
     def __init__(self, in_channels: int = 1, width: float = 1.0, geometry: str = "pretext", batchnorm: bool = True,
-                 dropout: float = 0.0, seed: int | None = None, zero_init_ab: bool = True) -> None:
+                 dropout: float = 0.0, seed: int | None = None, zero_init_ab: bool = True, fc8_outputs: int = Q,
+                 groups: int = 2) -> None:
         super().__init__()
-        if in_channels not in (1, 3):
-            raise UserError(f"alexnet: in_channels must be 1 (L) or 3 (Lab), got {in_channels}")
+        if in_channels not in INPUT_SPACES:
+            raise UserError(f"alexnet: in_channels must be 1 (L), 2 (ab) or 3 (Lab), got {in_channels}")
+        if fc8_outputs < 0 or groups not in (1, 2):
+            raise UserError(f"alexnet: fc8_outputs must be >= 0 and groups 1 or 2, got {fc8_outputs}, {groups}")
         if geometry not in GEOMETRIES:
             raise UserError(f"alexnet: geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")
         if not width > 0:
@@ -114,6 +127,10 @@ class AlexNet(nn.Module):
             raise UserError(f"alexnet: dropout must be in [0, 1), got {dropout}")
         self.hparams = {"in_channels": int(in_channels), "width": float(width), "geometry": geometry,
                         "batchnorm": bool(batchnorm), "dropout": float(dropout)}
+        if fc8_outputs != Q or groups != 2:  # the hparams of a colorization net read as they always have
+            self.hparams.update(fc8_outputs=int(fc8_outputs), groups=int(groups))
+        self.fc8_outputs, self.groups = int(fc8_outputs), int(groups)
+        self.stage_names = STAGES if fc8_outputs else STAGES[:-1]
         self.in_channels = int(in_channels)
         self.width = float(width)
         self.geometry = geometry
@@ -128,7 +145,7 @@ class AlexNet(nn.Module):
         c_in = self.in_channels
         for name, (c, k, s, g, p_pre, p_tr) in _CONVS.items():
             c_out = even_channels(c, width)
-            conv = nn.Conv2d(c_in, c_out, k, stride=s, padding=p_pre if pretext else p_tr, groups=g)
+            conv = nn.Conv2d(c_in, c_out, k, stride=s, padding=p_pre if pretext else p_tr, groups=min(g, groups))
             self.add_module(name, nn.Sequential(OrderedDict(conv=conv, bn=bn(c_out), relu=nn.ReLU(inplace=True))))
             c_in = c_out
             pool = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}.get(name)
@@ -139,21 +156,27 @@ class AlexNet(nn.Module):
         if pretext:
             fc6 = nn.Conv2d(c5, f, POOL5_SIZE, dilation=2, padding=5)
             fc7: nn.Module = nn.Conv2d(f, f, 1)
-            fc8: nn.Module = nn.Conv2d(f, Q, 1)
+            fc8: nn.Module | None = nn.Conv2d(f, fc8_outputs, 1) if fc8_outputs else None
             self.fc6 = nn.Sequential(OrderedDict(fc=fc6, bn=bn(f), relu=nn.ReLU(inplace=True)))
         else:
-            fc7, fc8 = nn.Linear(f, f), nn.Linear(f, Q)
+            fc7, fc8 = nn.Linear(f, f), nn.Linear(f, fc8_outputs) if fc8_outputs else None
             self.fc6 = nn.Sequential(OrderedDict(flatten=nn.Flatten(), fc=nn.Linear(c5 * POOL5_SIZE ** 2, f),
                                                  bn=bn(f, 1), relu=nn.ReLU(inplace=True)))
         self.fc7 = nn.Sequential(OrderedDict(drop=nn.Dropout(dropout), fc=fc7, bn=bn(f, 2 if pretext else 1),
                                              relu=nn.ReLU(inplace=True)))
-        self.fc8 = nn.Sequential(OrderedDict(drop=nn.Dropout(dropout), fc=fc8))
+        if fc8 is not None:
+            self.fc8 = nn.Sequential(OrderedDict(drop=nn.Dropout(dropout), fc=fc8))
 
         from xchannel.models.init import gaussian_init_  # init.py works on any model; imported here to avoid a cycle
 
         gaussian_init_(self, seed=seed, zero_ab=zero_init_ab)
 
     # ---------------------------------------------------------------------------------------------------------
+    @property
+    def input_space(self) -> str:
+        """"L", "ab" or "Lab": the channels the network reads (natural units)."""
+        return INPUT_SPACES[self.in_channels]
+
     @property
     def input_conv(self) -> nn.Conv2d:
         """The convolution that sees the input (its channels 1-2 are the ab weights of the color variant)."""
@@ -162,14 +185,16 @@ class AlexNet(nn.Module):
     def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
         """L in [0, 100] -> (L - 50) / 100; ab in [-110, 110] -> ab / 110."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            what = "L as N x 1 x H x W" if self.in_channels == 1 else "Lab as N x 3 x H x W"
-            raise ValueError(f"alexnet expects {what}, got shape {tuple(x.shape)}")
+            raise ValueError(f"alexnet expects {self.input_space} as N x {self.in_channels} x H x W, "
+                             f"got shape {tuple(x.shape)}")
+        if self.in_channels == 2:
+            return x / AB_SCALE
         L = (x[:, :1] - L_CENTER) / L_SCALE
         return L if self.in_channels == 1 else torch.cat([L, x[:, 1:] / AB_SCALE], dim=1)
 
     def _run(self, x: torch.Tensor, start: int, stop: int, wanted: Sequence[str] = ()) -> tuple[torch.Tensor, dict]:
         out: dict[str, torch.Tensor] = {}
-        for name in STAGES[start: stop + 1]:
+        for name in self.stage_names[start: stop + 1]:
             if name == "fc6" and self.geometry == "transfer" and tuple(x.shape[-2:]) != (POOL5_SIZE, POOL5_SIZE):
                 raise ValueError(f"alexnet (transfer geometry): fc6 needs a {POOL5_SIZE}x{POOL5_SIZE} pool5, got "
                                  f"{x.shape[-2]}x{x.shape[-1]}; feed {TRANSFER_INPUT}x{TRANSFER_INPUT} inputs")
@@ -181,7 +206,7 @@ class AlexNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Lab input -> logits over the 313 ab bins, N x 313 x h x w (pretext; h = :meth:`output_size`) or
         N x 313 x 1 x 1 (transfer)."""
-        logits, _ = self._run(self.normalize_input(x), 0, len(STAGES) - 1)
+        logits, _ = self._run(self.normalize_input(x), 0, len(self.stage_names) - 1)
         return logits if logits.ndim == 4 else logits[:, :, None, None]
 
     def features(self, x: torch.Tensor, layers: Sequence[str] = ("conv5",),
@@ -192,16 +217,17 @@ class AlexNet(nn.Module):
         (e.g. cached conv5 maps), in which case computation resumes at the next stage. Names are those of
         :attr:`stage_names` (the taps of :attr:`layer_names`, plus pool1, pool2 and the fc8 logits).
         """
-        wanted = check_layer_names(layers, STAGES, "alexnet")
+        stages = self.stage_names
+        wanted = check_layer_names(layers, stages, "alexnet")
         if from_layer is None:
             start, x = 0, self.normalize_input(x)
         else:
-            check_layer_names([from_layer], STAGES, "alexnet")
-            start = STAGES.index(from_layer) + 1
-            early = [n for n in wanted if STAGES.index(n) < start]
+            check_layer_names([from_layer], stages, "alexnet")
+            start = stages.index(from_layer) + 1
+            early = [n for n in wanted if stages.index(n) < start]
             if early:
                 raise UserError(f"alexnet: layer(s) {', '.join(early)} come before or at from_layer={from_layer!r}")
-        _, out = self._run(x, start, max(STAGES.index(n) for n in wanted), wanted)
+        _, out = self._run(x, start, max(stages.index(n) for n in wanted), wanted)
         return out
 
     # ---------------------------------------------------------------------------------------------------------
@@ -210,7 +236,7 @@ class AlexNet(nn.Module):
     def _spatial_layers(self) -> list[tuple[str, int, int, int, int]]:
         """(stage, kernel, stride, padding, dilation) of every spatial layer, in order."""
         layers = []
-        for name in STAGES:
+        for name in self.stage_names:
             m = getattr(self, name)
             if isinstance(m, nn.Sequential):
                 m = m.conv if hasattr(m, "conv") else m.fc

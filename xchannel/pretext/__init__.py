@@ -1,21 +1,32 @@
 """Pretext tasks: what a self-supervised network is trained to do.
 
-A task turns a batch of RGB images into the model's input and a loss, builds its model, and validates it. The
-training engine (:mod:`xchannel.train.engine`) knows nothing else about the task, so a new pretext task is one new
-module plus one entry here.
+Each task is one module here plus one entry in :data:`TASKS`; :mod:`xchannel.pretext.base` says what a task
+provides. The training engine (:mod:`xchannel.train.engine`) and the benchmarks know nothing else about it.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from xchannel.errors import UserError
+
 TASKS: dict[str, str] = {
     "colorization": "xchannel.pretext.colorization:ColorizationTask",
+    "rotation": "xchannel.pretext.rotation:RotationTask",
+    "supervised": "xchannel.pretext.supervised:SupervisedTask",
+    "autoencoder": "xchannel.pretext.autoencoder:AutoencoderTask",
+    "splitbrain": "xchannel.pretext.splitbrain:SplitBrainTask",
 }
 
 
 def get_task(name: str):
+    """The task class registered as ``name``; an unknown name is a :class:`UserError` listing the known ones."""
     if name not in TASKS:
-        raise KeyError(f"unknown pretext task {name!r}; known: {', '.join(sorted(TASKS))}")
+        raise UserError(f"unknown pretext task {name!r}; known: {', '.join(sorted(TASKS))}")
     module, cls = TASKS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def describe_tasks() -> list[tuple[str, str, str]]:
+    """(name, one-line description, paper) of every registered task."""
+    return [(name, get_task(name).description, get_task(name).paper) for name in TASKS]

@@ -9,7 +9,9 @@ prediction and for the gray baseline (a = b = 0), and writes a Fig. 4-style samp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +21,9 @@ from PIL import Image
 from xchannel import color as C
 from xchannel.errors import UserError
 from xchannel.metrics.colorization import AbAucMeter
+from xchannel.pretext.base import PretextTask, unwrap
+from xchannel.pretext.dense import at_head, head_pixels, pick
 from xchannel.pretext.losses import l2_regression, rebalanced_cross_entropy
-from xchannel.train.config import TrainConfig
 
 AB_SCALE = 110.0  # regression outputs are ab / 110, as the released model's output scaling
 
@@ -37,14 +40,6 @@ def load_prior(spec: str) -> torch.Tensor:
     if p.shape != (C.Q,) or not torch.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
         raise UserError(f"{path}: a prior must be {C.Q} non-negative numbers with a positive sum")
     return p / p.sum()
-
-
-def _pick(x: torch.Tensor, stride: int, offset: int, out_hw: tuple[int, int]) -> torch.Tensor:
-    """The pixels (offset + stride i, offset + stride j) of x, cropped to out_hw (the head's output size)."""
-    picked = x[:, :, offset::stride, offset::stride][:, :, : out_hw[0], : out_hw[1]]
-    if tuple(picked.shape[-2:]) != tuple(out_hw):
-        raise ValueError(f"head output {tuple(out_hw)} larger than the picked ground truth {tuple(picked.shape[-2:])}")
-    return picked
 
 
 class Batch:
@@ -104,10 +99,10 @@ class Batch:
         key = (int(stride), int(offset), int(out_hw[0]), int(out_hw[1]))
         if key not in self._picked:
             if self._ab is not None:
-                self._picked[key] = _pick(self._ab, *key[:2], out_hw)
+                self._picked[key] = pick(self._ab, *key[:2], out_hw)
             else:
                 with C.one_cpu_thread(self._rgb.device):  # small kernels (see one_cpu_thread)
-                    self._picked[key] = C.rgb_to_lab(self._unit(_pick(self._rgb, *key[:2], out_hw)))[:, 1:]
+                    self._picked[key] = C.rgb_to_lab(self._unit(pick(self._rgb, *key[:2], out_hw)))[:, 1:]
         return self._picked[key]
 
     @property
@@ -131,12 +126,18 @@ class Batch:
         return mask
 
 
-class ColorizationTask:
-    """The pretext task used by :func:`xchannel.train.engine.train` (see :mod:`xchannel.pretext`)."""
+class ColorizationTask(PretextTask):
+    """The paper's pretext task (see :mod:`xchannel.pretext.base`). Its options are the training config's ``loss``
+    section and ``temperature`` (where its configs and checkpoints have always had them); its ``pretext:``
+    section is empty. The backbone is the whole network but its classifier (AlexNet: fc8; the VGG colorizer is
+    exported whole)."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
-        self.cfg = cfg
-        self.device = device
+    name = "colorization"
+    description = "L -> ab: 313-way classification with class rebalancing (or L2 regression), L input"
+    paper = "Zhang, Isola, Efros, Colorful Image Colorization, ECCV 2016"
+
+    def __init__(self, cfg: Any, device: torch.device) -> None:
+        super().__init__(cfg, device)
         enc = C.SOFT_ENCODING_PRESETS[cfg.loss.soft_encoding]
         self.neighbours, self.sigma = enc.neighbours, enc.sigma
         self.class_weights = C.rebalance_weights(load_prior(cfg.loss.prior), cfg.loss.lam, cfg.loss.sigma).to(device)
@@ -151,23 +152,21 @@ class ColorizationTask:
         return model
 
     # -- data ----------------------------------------------------------------------------------------------------
-    def prepare(self, images: torch.Tensor, has_color: torch.Tensor | None = None) -> Batch:
-        """uint8 (or [0, 1] float) RGB N x 3 x H x W -> L, ab and the gray mask, on the task's device, each
-        computed when first read (see :class:`Batch`): the batch refers to ``images`` (on the CPU, without a copy),
-        so they must not be modified in place while the batch is in use."""
-        x = images.to(self.device, non_blocking=True)
+    def prepare(self, batch: Mapping[str, Any], gen: torch.Generator | None = None) -> Batch:
+        """``batch["image"]``, uint8 (or [0, 1] float) RGB N x 3 x H x W, and the loader's ``has_color`` -> L, ab
+        and the gray mask, on the task's device, each computed when first read (see :class:`Batch`): the batch
+        refers to the images (on the CPU, without a copy), so they must not be modified in place while the batch
+        is in use. Nothing is random (``gen`` is unused)."""
+        x = batch["image"].to(self.device, non_blocking=True)
+        has_color = batch.get("has_color")
         allowed = has_color.to(self.device) if has_color is not None else None
         return Batch(rgb=x, gray_threshold=self.cfg.loss.gray_threshold, allowed=allowed)
 
-    @staticmethod
-    def head_pixels(model: nn.Module) -> tuple[int, int]:
-        """(stride, offset) of the model's head: output cell (i, j) sits on input pixel (o + s i, o + s j)."""
-        return int(model.head_stride), int(round(getattr(model, "head_offset", 0)))
+    def init_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return self.prepare({"image": images}).L
 
-    @staticmethod
-    def ab_at_head(model: nn.Module, ab: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-        """Ground-truth ab picked at the head's stride and offset, cropped to the output's size."""
-        return _pick(ab, *ColorizationTask.head_pixels(model), out_hw)
+    head_pixels = staticmethod(head_pixels)  # (stride, offset) of the model's head (xchannel.pretext.dense)
+    ab_at_head = staticmethod(at_head)  # ground-truth ab picked at the head's cells
 
     # -- loss ----------------------------------------------------------------------------------------------------
     def targets(self, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -180,14 +179,13 @@ class ColorizationTask:
             v = self.class_weights.to(ab.dtype).index_select(0, nearest.reshape(-1)).view(nearest.shape)
         return idx, wts, v
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        out = model(batch.L)
-        inner = model.module if hasattr(model, "module") else model
-        ab = batch.ab_at(*self.head_pixels(inner), tuple(out.shape[-2:]))
+    def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        out = model(self.memory_format(batch.L))
+        ab = batch.ab_at(*self.head_pixels(unwrap(model)), tuple(out.shape[-2:]))
         if self.cfg.loss.kind == "l2":
-            return l2_regression(out.float() * AB_SCALE, ab, batch.has_color)
+            return {"l2": l2_regression(out.float() * AB_SCALE, ab, batch.has_color)}
         idx, wts, v = self.targets(ab)
-        return rebalanced_cross_entropy(out, idx, wts, v, batch.has_color)
+        return {"ce": rebalanced_cross_entropy(out, idx, wts, v, batch.has_color)}
 
     # -- prediction ----------------------------------------------------------------------------------------------
     def predict(self, model: nn.Module, L: torch.Tensor, T: float | None = None) -> dict[str, torch.Tensor]:
@@ -212,8 +210,8 @@ class ColorizationTask:
         grid_rows: list[np.ndarray] = []
         seen = 0
         main_key = "regression" if self.cfg.loss.kind == "l2" else f"annealed T={self.cfg.temperature:g}"
-        for images in batches:
-            b = self.prepare(images)
+        for batch in batches:
+            b = self.prepare(batch)
             preds = self.predict(model, b.L)
             ours.update(preds[main_key], b.ab)
             gray.update(torch.zeros_like(b.ab), b.ab)

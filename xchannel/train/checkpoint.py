@@ -1,8 +1,11 @@
 """Training checkpoints: written atomically, found and validated on resume.
 
 A checkpoint is ``ckpt_<step>.pt`` in the run folder, a dict of tensors and plain values only (so it loads with
-``weights_only=True``): the model as :func:`xchannel.models.model_checkpoint` writes it (``model`` name,
-``hparams``, ``state_dict``), ``optimizer``, ``scheduler``, ``step``, ``rng`` (torch, numpy and Python RNG
+``weights_only=True``): what the pretext task exports (``format``, ``task``, ``options``, ``backbone`` with its
+``arch``, ``hparams``, ``input_space`` and ``state_dict``, ``heads``, ``pretrained_stages``: see
+:func:`xchannel.pretext.base.export_entries`), the whole trained network's ``state_dict`` (with ``model`` and
+``hparams`` when it is one registered network, as :func:`xchannel.models.model_checkpoint` writes it),
+``optimizer``, ``scheduler``, ``step``, ``rng`` (torch, numpy and Python RNG
 states, the latter two encoded as tensors/lists), ``sampler`` (epoch and position) and ``config``.
 Writes go through a temporary file and a rename, so a SIGKILL during a write leaves the previous checkpoints as they
 were (the killed write's temporary ``.ckpt_<step>.pt.*.tmp`` is never taken for a checkpoint, and the next save

@@ -1,5 +1,9 @@
 """The typed configuration of a training run (saved as ``config.json`` next to its checkpoints).
 
+``task`` names the pretext task (:data:`xchannel.pretext.TASKS`) and ``pretext`` holds its options, which the
+task's own ``Config`` dataclass validates. The optimiser (Adam, or SGD with momentum / Nesterov) and the
+piecewise-constant schedule are ``optim``.
+
 Defaults are the paper's (footnote 3): Adam with betas (0.9, 0.99), weight decay 1e-3, learning rate 3e-5 dropped
 to 1e-5 and 3e-6 at 200k and 375k iterations, ~450k iterations; soft encoding with 5 neighbours and sigma 5;
 rebalancing with lambda 1/2 and sigma 5; annealed mean at T = 0.38; batch 40 of 176 px crops for the VGG colorizer
@@ -9,7 +13,7 @@ rebalancing with lambda 1/2 and sigma 5; annealed mean at T = 0.38; batch 40 of 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass
@@ -50,8 +54,11 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    name: Literal["adam", "sgd"] = "adam"
     lr: float = 3e-5
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: tuple[float, float] = (0.9, 0.99)  # adam
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
     weight_decay: float = 1e-3
     lr_steps: list[int] = field(default_factory=lambda: [200_000, 375_000])
     lr_values: list[float] = field(default_factory=lambda: [1e-5, 3e-6])
@@ -61,8 +68,10 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     task: str = "colorization"  # a key of xchannel.pretext.TASKS
+    # the task's options, validated by its Config dataclass (xchannel.pretext.<task>)
+    pretext: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = field(default_factory=LossConfig)  # colorization's objective (Table 1's variants)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 450_000
@@ -75,5 +84,5 @@ class TrainConfig:
     keep_checkpoints: int = 3
     val_every: int = 10_000
     log_every: int = 50
-    temperature: float = 0.38  # annealed mean used for validation outputs
+    temperature: float = 0.38  # colorization: annealed mean used for validation outputs
     out: str = "runs/colorization"

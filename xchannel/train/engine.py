@@ -1,5 +1,9 @@
 """The training engine: one loop for every pretext task.
 
+The engine knows a task (:mod:`xchannel.pretext`) only through its interface: it hands each collated batch and a
+generator seeded by (seed, step, rank) to ``task.prepare``, back-propagates the sum of ``task.loss``'s named
+losses (logging each), calls ``task.validate`` and writes ``task.export``'s entries into every checkpoint.
+
 What it guarantees:
 
 * **Resumable to the bit.** The data order and each image's augmentation are functions of (seed, step): the sampler
@@ -41,6 +45,7 @@ from xchannel.data.images import (ImageFolderDataset, ImageListDataset, ImageSam
 from xchannel.data.screen import ScreenResult, load_screens, save_screens, screen_samples
 from xchannel.errors import UserError
 from xchannel.pretext import get_task
+from xchannel.pretext.base import step_generator
 from xchannel.train import checkpoint as ckpt
 from xchannel.train.config import TrainConfig
 from xchannel.train.distributed import World, cleanup, init_distributed
@@ -234,6 +239,26 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """``optim.name``: Adam (betas) or SGD (momentum, Nesterov), with ``optim.lr`` and ``optim.weight_decay``."""
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                               weight_decay=o.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def total_loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The back-propagated loss: the sum of a task's named losses (the loss itself when there is one)."""
+    if not losses:
+        raise ValueError("a task's loss() returned no losses")
+    values = list(losses.values())
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train ``cfg.task`` as configured; returns the run summary (also written to ``summary.json``)."""
     device = resolve_device(cfg.device)
@@ -245,6 +270,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
 
 
 def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device, world: World) -> dict:
+    task = get_task(cfg.task)(cfg, device)  # first: a wrong task name or option stops the run before it starts
     run_dir = Path(cfg.out)
     existing = ckpt.list_checkpoints(run_dir) if run_dir.exists() else []
     if existing and not resume:
@@ -271,7 +297,6 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
                                                     "runtime": {"precision": precision,
                                                                 "cpu": runtime.cpu_capability()}})
 
-    task = get_task(cfg.task)(cfg, device)
     model = task.build_model().to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -288,8 +313,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
                           progress and world.is_main)
     if state is None:
         _initialise(cfg, task, model, train_set, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                 weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     step = 0
     if state is not None:
@@ -328,11 +352,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
                 scheduler.step()
                 bar.update(1)
                 continue
-            b = task.prepare(batch["image"], batch.get("has_color"))
-            if cfg.channels_last:
-                b.L = b.L.contiguous(memory_format=torch.channels_last)
+            b = task.prepare(batch, step_generator(cfg.seed, step, world.rank, device))
             with runtime.autocast(device, precision["resolved"]):
-                loss = task.loss(net, b)
+                losses = task.loss(net, b)
+            loss = total_loss(losses)
             if not torch.isfinite(loss):
                 last = ckpt.list_checkpoints(run_dir)
                 raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; the last good checkpoint "
@@ -354,7 +377,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
             bar.update(1)
             if world.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
                 busy = load.warning()
-                append_jsonl(metrics_path, {"step": step, "loss": loss_v, "lr": scheduler.get_last_lr()[0],
+                parts = {"losses": {k: v.item() for k, v in losses.items()}} if len(losses) > 1 else {}
+                append_jsonl(metrics_path, {"step": step, "loss": loss_v, **parts, "lr": scheduler.get_last_lr()[0],
                                             "images_per_s": rate, "skipped": skips.skipped, "time": time.time(),
                                             **({"busy": busy} if busy else {})})
             bar.set_postfix(loss=f"{loss_v:.4f}", img_s=f"{rate:.1f}", **({"note": busy} if busy else {}))
@@ -363,14 +387,15 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
                 append_jsonl(metrics_path, {"step": step, "val": last_val, "time": time.time()})
             interrupted = _agree(stop.signal is not None, device, world)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupted:
-                _save(run_dir, step, model, optimizer, scheduler, cfg, world, precision)
+                _save(run_dir, step, task, model, optimizer, scheduler, cfg, world, precision)
             if interrupted:
                 status = "interrupted"
                 if world.is_main:
                     print(f"signal received: checkpointed {run_dir} at step {step}; resume with --resume")
                 break
     bar.close()
-    summary = {"status": status, "step": step, "steps": cfg.steps, "first_loss": first_loss, "last_loss": last_loss,
+    summary = {"status": status, "task": cfg.task, "step": step, "steps": cfg.steps, "first_loss": first_loss,
+               "last_loss": last_loss,
                "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "val": last_val,
                "data": skips.summary(), "val_data": val_skips.summary(),
                "screen": {name: result.describe() for name, result in screens.items()}, "device": str(device),
@@ -391,13 +416,19 @@ def _agree(flag: bool, device: torch.device, world: World) -> bool:
     return bool(t.item())
 
 
-def _save(run_dir: Path, step: int, model, optimizer, scheduler, cfg: TrainConfig, world: World,
+def _save(run_dir: Path, step: int, task, model, optimizer, scheduler, cfg: TrainConfig, world: World,
           precision: dict) -> None:
+    """The checkpoint: the task's self-describing entries (:meth:`~xchannel.pretext.base.PretextTask.export`:
+    backbone, heads, task, pretrained stages), the whole trained network's ``state_dict`` (and its ``model`` and
+    ``hparams`` when it is one registered network, as a colorizer is), the precision the run resolved, and the
+    state that resumes the run."""
     if not world.is_main:
         return
-    from xchannel.models import model_checkpoint
+    from xchannel.models import MODELS, model_checkpoint
 
-    state = {**model_checkpoint(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    whole = model_checkpoint(model) if getattr(model, "registry_name", None) in MODELS else {}
+    state = {**task.export(model), **whole, "state_dict": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "step": step, "rng": ckpt.rng_state(), "config": json.loads(json.dumps(to_dict(cfg))),
              "precision": precision, "xchannel": __version__}
     ckpt.save_checkpoint(run_dir, step, state, keep=cfg.keep_checkpoints)
@@ -409,7 +440,7 @@ def _validate(task, model, val_set, cfg: TrainConfig, run_dir: Path, step: int, 
     n = min(cfg.data.val_images, len(val_set))
     subset = torch.utils.data.Subset(val_set, np.linspace(0, len(val_set) - 1, n).round().astype(int).tolist())
     loader = _loader(subset, min(cfg.data.batch_size, 16), 0)
-    good = (b["image"] for b in loader if skips.update(b))
+    good = (b for b in loader if skips.update(b))
     return task.validate(model, good, run_dir / "samples", step, cfg.data.val_images)
 
 
@@ -438,12 +469,12 @@ def _initialise(cfg: TrainConfig, task, model, train_set, device) -> None:
         return
     loader = _loader(SeededItems(train_set), cfg.data.batch_size, 0,
                      ResumableSampler(len(train_set), cfg.data.batch_size, cfg.seed + 1, World()))
-    batches, it = [], iter(loader)
-    while len(batches) < cfg.model.init_batches:
+    images, it = [], iter(loader)
+    while len(images) < cfg.model.init_batches:
         b = next(it)
         if "image" in b:
-            batches.append(task.prepare(b["image"]).L)
-    minit.kmeans_init_(model, batches)
+            images.append(b["image"])
+    task.kmeans_init(model, images)
 
 
 def _read_summary(run_dir: Path) -> dict:
