@@ -304,13 +304,19 @@ def test_a_checkpoint_written_before_backbone_entries_still_gives_its_features()
 
 def test_colorization_trains_to_the_very_weights_it_trained_to_before_the_redesign(tmp_path):
     """The fixture's run, trained again by today's engine: same initialisation, RNG stream and math, so the
-    same bits (the fixture holds the weights after its 2 steps)."""
+    same bits (the fixture holds the weights after its 2 steps).
+    On one thread, as the fixture was written: thread counts change float rounding."""
     images = write_image_folder(tmp_path / "imgs", n_per_class=4, size=48)
     old = torch.load(FIXTURE, weights_only=True)
     cfg = old["config"]
     cfg["data"]["train"], cfg["out"] = str(images), str(tmp_path / "run")
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    train(build_config(TrainConfig, tmp_path / "cfg.yaml"), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(build_config(TrainConfig, tmp_path / "cfg.yaml"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
     new = torch.load(ckpt.list_checkpoints(tmp_path / "run")[0][1], weights_only=True)
     assert new["state_dict"].keys() == old["state_dict"].keys()
     for k, v in old["state_dict"].items():
