@@ -5,7 +5,7 @@ Plots:
 ``figure7``
     Linear-probe accuracy per layer (Fig. 7), from ``xchannel probe`` results: one line per encoder, gray-input
     encoders dotted and color/RGB-input encoders solid (the paper's convention), the gray and color versions of one
-    encoder in the same colour. When a result's data set is ImageNet (recorded by the probe), or with
+    encoder in the same colour; error bars are the results' 95 % intervals (``top1_ci``) where recorded. When a result's data set is ImageNet (recorded by the probe), or with
     ``--published always``, the published numbers of ``benchmarks/published/figure7.json`` are overlaid (thin lines,
     x markers).
 
@@ -130,8 +130,14 @@ def plot_figure7(results: Sequence[dict[str, Any]], args: argparse.Namespace):
         label = enc.get("name", family)
         if not label.endswith(("(gray)", "(color)", "(rgb)")):
             label = f"{label} ({enc.get('input_mode')})"
-        ax.plot([x[layer] for layer in layers], [r["layers"][layer][metric] for layer in layers],
-                linestyle=":" if gray else "-", marker="o", color=colour, linewidth=2, label=label)
+        xs, ys = [x[layer] for layer in layers], [r["layers"][layer][metric] for layer in layers]
+        style = {"linestyle": ":" if gray else "-", "marker": "o", "color": colour, "linewidth": 2, "label": label}
+        cis = [r["layers"][layer].get(f"{metric}_ci") for layer in layers]
+        if all(cis):  # the 95 % intervals the probe recorded (images and seeds bootstrapped)
+            yerr = [[y - ci["ci95"][0] for y, ci in zip(ys, cis)], [ci["ci95"][1] - y for y, ci in zip(ys, cis)]]
+            ax.errorbar(xs, ys, yerr=yerr, capsize=3, elinewidth=1, **style)
+        else:
+            ax.plot(xs, ys, **style)
     protocols = sorted({r.get("protocol", {}).get("name", "?") for r in results})
     if published:
         grays = plt.get_cmap("Greys")

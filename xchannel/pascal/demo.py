@@ -92,6 +92,16 @@ def _encoder_width(checkpoint: str) -> float:
     return float(width)
 
 
+def _interval_summary(headline: dict[str, Any]) -> dict[str, Any]:
+    """The headline's 95 % interval over test images (and, for classification, the random-score mAP) and what
+    computing them cost."""
+    ci = headline["uncertainty"]
+    out = {"ci95": ci["ci95"], "half_width": ci["half_width"], "bootstrap_seconds": ci["bootstrap"]["seconds"]}
+    if "chance" in headline:
+        out["chance"] = {"mean": headline["chance"]["mean"], "range95": headline["chance"]["range95"]}
+    return out
+
+
 def pascal_stage(ctx: Any, baselines: bool = True) -> dict:
     """Run every PASCAL task on the demo encoder and the baselines, then write Table 2 (module docstring).
 
@@ -120,12 +130,16 @@ def pascal_stage(ctx: Any, baselines: bool = True) -> dict:
                         "input_mode": run.input_mode, "layers": run.layers or None,
                         "column": result["table2_column"], "metric": result["headline"]["metric"],
                         "value": result["headline"]["value"], "result": result["output"],
+                        **_interval_summary(result["headline"]),
                         "seconds": round(time.perf_counter() - t0, 1),
                         "cpu_seconds": round(_cpu_seconds() - c0, 1)})
-        print(f"      {result['headline']['metric']} {result['headline']['value']:.1f} in "
-              f"{summary[-1]['seconds']:.0f} s", flush=True)
+        print(f"      {result['headline']['metric']} {result['headline']['value']:.1f} "
+              f"± {summary[-1]['half_width']:.1f} (95 % over test images) in {summary[-1]['seconds']:.0f} s",
+              flush=True)
     per_task = {task: {"seconds": round(sum(r["seconds"] for r in summary if r["task"] == task), 1),
-                       "cpu_seconds": round(sum(r["cpu_seconds"] for r in summary if r["task"] == task), 1)}
+                       "cpu_seconds": round(sum(r["cpu_seconds"] for r in summary if r["task"] == task), 1),
+                       "bootstrap_seconds": round(sum(r["bootstrap_seconds"] for r in summary
+                                                      if r["task"] == task), 3)}
                 for task in TASK_MODULES}
     results = Path(ctx.results)
     table = write_table2([out_dir], results)
