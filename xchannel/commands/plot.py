@@ -121,7 +121,7 @@ def plot_figure7(results: Sequence[dict[str, Any]], args: argparse.Namespace):
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colours: dict[str, str] = {}
-    for r in results:
+    for i, r in enumerate(results):
         enc = r["encoder"]
         family = str(enc.get("spec", enc.get("name")))
         colour = colours.setdefault(family, palette[len(colours) % len(palette)])
@@ -135,7 +135,8 @@ def plot_figure7(results: Sequence[dict[str, Any]], args: argparse.Namespace):
         cis = [r["layers"][layer].get(f"{metric}_ci") for layer in layers]
         if all(cis):  # the 95 % intervals the probe recorded (images and seeds bootstrapped)
             yerr = [[y - ci["ci95"][0] for y, ci in zip(ys, cis)], [ci["ci95"][1] - y for y, ci in zip(ys, cis)]]
-            ax.errorbar(xs, ys, yerr=yerr, capsize=3, elinewidth=1, **style)
+            shift = 0.05 * (i - (len(results) - 1) / 2)  # side by side, so that overlapping bars stay readable
+            ax.errorbar([v + shift for v in xs], ys, yerr=yerr, capsize=3, elinewidth=1, **style)
         else:
             ax.plot(xs, ys, **style)
     protocols = sorted({r.get("protocol", {}).get("name", "?") for r in results})
