@@ -27,6 +27,9 @@ def compare_rows(ours: dict, baseline: dict, name: str = "the trained encoder",
     from xchannel.metrics.uncertainty import accuracy_difference_interval, separation
     from xchannel.probe.run import top1_hits
 
+    if (ours["data"]["path"], ours["per_image"]["images"]) != (baseline["data"]["path"],
+                                                               baseline["per_image"]["images"]):
+        raise ValueError("a paired comparison needs both probes scored on the same validation images")
     out = {}
     for layer in ours["layer_order"]:
         if layer not in baseline["layers"]:
