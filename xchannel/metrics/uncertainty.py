@@ -32,7 +32,9 @@ The statistics and the scorer they reproduce:
 =====================================  =========================================================================
 
 Each returns an :class:`Interval`, whose :meth:`Interval.to_dict` is what result files keep:
-``{"value", "ci95": [lo, hi], "half_width", "per_seed": [...], "bootstrap": {"resamples", "seed", ...}}``.
+``{"value", "ci95": [lo, hi], "half_width", "per_seed": [...], "bootstrap": {"resamples", "seed", ...}}``
+(``per_seed`` holds the one value of a single training run: the PASCAL fine-tunings run one seed, so their
+intervals cover the test images only).
 Replicates in which the statistic is undefined (a mean IU with no class present) are left out of the percentiles;
 the count left out is recorded, and so is the replicates' mean. The percentile interval need not be centred on the
 value: on a small test set the AP of a replicate tends to exceed the full set's (an image drawn twice puts two
@@ -270,7 +272,8 @@ def classification_map_interval(scores: Any, labels: Any, config: BootstrapConfi
         values[c] = 100.0 * _weighted_sklearn_ap(sc, y, ones)[0]
         reps[:, c] = 100.0 * _weighted_sklearn_ap(sc, y, counts[:, keep])
     per_class = [percentile_interval(values[c], reps[:, c], config) for c in range(s.shape[1])]
-    return percentile_interval(float(values.mean()), reps.mean(axis=1), config), per_class
+    value = float(values.mean())
+    return percentile_interval(value, reps.mean(axis=1), config, (value,)), per_class
 
 
 def expected_random_ap(positives: int, items: int) -> float:
@@ -385,7 +388,7 @@ def detection_map_interval(annotations: Mapping[str, Mapping[str, Any]],
     value = 100.0 * float(values.mean())
     if expected is not None and abs(value - expected) > 1e-9:
         raise AssertionError(f"the identity replicate gives mAP {value!r}, the scorer {expected!r}")
-    return percentile_interval(value, 100.0 * reps.mean(axis=1), config)
+    return percentile_interval(value, 100.0 * reps.mean(axis=1), config, (value,))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -417,4 +420,4 @@ def segmentation_miu_interval(per_image: Any, config: BootstrapConfig = Bootstra
     counts = resample_counts(n, config).astype(np.float64)
     reps = np.concatenate([_mean_iu_rows((counts[i: i + _BLOCK] @ flat).reshape(-1, c, c))
                            for i in range(0, len(counts), _BLOCK)])
-    return percentile_interval(100.0 * float(value), 100.0 * reps, config)
+    return percentile_interval(100.0 * float(value), 100.0 * reps, config, (100.0 * float(value),))
