@@ -214,6 +214,12 @@ def test_end_to_end_json_and_color_equals_gray_with_frozen_conv1(voc: Path, gray
         assert m["map"] == pytest.approx(np.mean(list(m["ap"].values())))
     assert "Table 2" in on_disk["metrics"]["sklearn"]["label"] and "11-point" in on_disk["metrics"]["voc07"]["label"]
     assert on_disk["headline"]["value"] == on_disk["metrics"]["sklearn"]["map"]
+    ci = on_disk["headline"]["uncertainty"]  # bootstrap over the 16 test images; the identity is the headline
+    assert ci["value"] == pytest.approx(on_disk["headline"]["value"], abs=1e-9)
+    assert ci["ci95"][0] <= ci["value"] <= ci["ci95"][1] and ci["bootstrap"]["resamples"] == 1000
+    chance = on_disk["metrics"]["chance"]  # random scores on the same labels
+    assert chance["range95"][0] <= chance["mean"] <= chance["range95"][1]
+    assert chance["mean"] == pytest.approx(chance["expected"], abs=1.5)
     assert on_disk["config"]["optim"]["iterations"] == 4 and on_disk["code"]["xchannel"]
     assert on_disk["protocol"]["frozen_groups"] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
     steps = [s["step"] for s in on_disk["encoder"]["preparation"]]

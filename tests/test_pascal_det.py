@@ -307,6 +307,8 @@ def test_end_to_end_writes_comp4_files_that_evaluate_voc_det_scores(tiny_voc: Pa
     assert scored["map"] * 100 == pytest.approx(saved["metrics"]["map"], abs=1e-9)
     assert scored["ap"]["aeroplane"] * 100 == pytest.approx(saved["metrics"]["ap"]["aeroplane"], abs=1e-9)
     assert saved["headline"]["value"] == pytest.approx(saved["metrics"]["map"])
+    ci = saved["metrics"]["map_ci"]  # the identity replicate reproduced the devkit mAP (checked when computed)
+    assert ci["value"] == pytest.approx(saved["metrics"]["map"], abs=1e-9) and ci["ci95"][0] <= ci["ci95"][1]
 
     # the command line, on a copy with one unreadable training and test image (skipped and counted, not fatal):
     # --preset demo under --set; --resume without a checkpoint starts afresh

@@ -195,6 +195,8 @@ def test_end_to_end_writes_mean_iu_and_pixel_accuracy(voc: Path, tmp_path: Path)
     assert 0 <= m["mean_iu"] <= 100 and 0 <= m["pixel_accuracy"] <= 100
     ius = [v for v in m["iu"].values() if v is not None]
     assert m["mean_iu"] == pytest.approx(np.mean(ius)) and on_disk["headline"]["value"] == m["mean_iu"]
+    assert m["mean_iu_ci"]["value"] == pytest.approx(m["mean_iu"], abs=1e-9)  # per-image confusions summed
+    assert m["mean_iu_ci"]["ci95"][0] <= m["mean_iu"] <= m["mean_iu_ci"]["ci95"][1]
     seg11valid = read_image_set(voc, 2011, "seg11valid", "Segmentation")
     assert on_disk["data"]["val"]["evaluated"] == len(seg11valid)
     assert on_disk["data"]["train"]["images"] == len((voc.parent / "SBD" / "dataset" / "train.txt").read_text().split())

@@ -17,7 +17,7 @@ from xchannel.errors import UserError
 from xchannel.features import load_encoder
 from xchannel.probe import PROTOCOLS, ProbeConfig, fit_probe, probe_dims, run_probe
 from xchannel.probe.protocols import equal_kernel
-from xchannel.probe.run import build_encoder
+from xchannel.probe.run import build_encoder, top1_hits
 
 # Full-width CaffeNet activations at 227 px (conv1 55x55; pool1/conv2 27x27; pool2/conv3-5 13x13; pool5 6x6).
 CAFFENET_227 = {"conv1": (96, 55, 55), "conv2": (256, 27, 27), "conv3": (384, 13, 13), "conv4": (384, 13, 13),
@@ -149,6 +149,21 @@ def test_kmeans_encoder_beats_chance_and_cache_replays(data, tmp_path):
     assert first["layers"]["conv3"]["top1"] >= 45.0, first["layers"]
     assert first["cache"]["computed"] == {"train": ["conv2", "conv3"], "val": ["conv2", "conv3"]}
     assert first["protocol"]["augment"] is False
+    # On the cache the heads train with 3 seeds: top-1 is their mean, each seed's value is its images' hit rate,
+    # the first seed is the run a single seed gives, and the interval (images and seeds) holds the mean.
+    assert first["seeds"] == [0, 1, 2] and first["chance"]["uniform"] == 25.0
+    single = run_probe(replace(cfg, head_seeds=1), encoder)
+    for layer in ("conv2", "conv3"):
+        ci, hits = first["layers"][layer]["top1_ci"], top1_hits(first, layer)
+        assert hits.shape == (3, first["data"]["evaluated"])
+        assert ci["per_seed"] == pytest.approx(list(100.0 * hits.mean(1)))
+        assert first["layers"][layer]["top1"] == pytest.approx(sum(ci["per_seed"]) / 3)
+        assert ci["ci95"][0] <= first["layers"][layer]["top1"] <= ci["ci95"][1]
+        assert single["layers"][layer]["top1"] == pytest.approx(ci["per_seed"][0], abs=1e-9)
+    from xchannel.probe.demo import compare_rows
+
+    same = compare_rows(first, first)  # an encoder against itself: never separable
+    assert all(c["verdict"] == "not separable" and "not separable at 95 %" in c["sentence"] for c in same.values())
 
     convs = []  # convolutions run on image batches (the one-image dry run that reads the layer shapes excepted)
     hook = torch.nn.modules.module.register_module_forward_hook(

@@ -269,8 +269,11 @@ def test_here_runs_probe_and_pascal_jobs_and_the_report_puts_published_numbers_b
     # Table 2: the published rows (Ours (gray): 52.4 / 61.5 / 65.9 / 46.9 / 35.0) and our measured row.
     t2 = (tmp_path / "results" / "table2.md").read_text()
     assert "| Ours (gray) | gray | PASCAL VOC, published | 52.4 | 61.5 | 65.9 | 46.9 | 35.0 |" in t2
-    cls = read_result(folder / sweep.jobs[2].id)["result"]["headline"]["value"]
-    assert re.search(rf"\*\*Gaussian \(gray\)\*\* \(measured\).*embedded, measured \| {cls:.1f} \|", t2)
+    headline = read_result(folder / sweep.jobs[2].id)["result"]["headline"]
+    cls, half = headline["value"], headline["uncertainty"]["half_width"]
+    assert re.search(rf"\*\*Gaussian \(gray\)\*\* \(measured\).*embedded, measured \| {cls:.1f} ± {half:.1f} \|", t2)
+    chance = headline["chance"]  # the random-score row of the classification columns
+    assert f"| random scores (chance) | — | embedded, measured | {chance['mean']:.1f} [" in t2
     jobs_csv = (tmp_path / "results" / "jobs.csv").read_text().splitlines()
     assert jobs_csv[0].startswith("job,kind,tag,seed,state") and len(jobs_csv) == 4
 

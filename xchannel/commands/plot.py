@@ -5,7 +5,7 @@ Plots:
 ``figure7``
     Linear-probe accuracy per layer (Fig. 7), from ``xchannel probe`` results: one line per encoder, gray-input
     encoders dotted and color/RGB-input encoders solid (the paper's convention), the gray and color versions of one
-    encoder in the same colour. When a result's data set is ImageNet (recorded by the probe), or with
+    encoder in the same colour; error bars are the results' 95 % intervals (``top1_ci``) where recorded. When a result's data set is ImageNet (recorded by the probe), or with
     ``--published always``, the published numbers of ``benchmarks/published/figure7.json`` are overlaid (thin lines,
     x markers).
 
@@ -121,7 +121,7 @@ def plot_figure7(results: Sequence[dict[str, Any]], args: argparse.Namespace):
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colours: dict[str, str] = {}
-    for r in results:
+    for i, r in enumerate(results):
         enc = r["encoder"]
         family = str(enc.get("spec", enc.get("name")))
         colour = colours.setdefault(family, palette[len(colours) % len(palette)])
@@ -130,8 +130,15 @@ def plot_figure7(results: Sequence[dict[str, Any]], args: argparse.Namespace):
         label = enc.get("name", family)
         if not label.endswith(("(gray)", "(color)", "(rgb)")):
             label = f"{label} ({enc.get('input_mode')})"
-        ax.plot([x[layer] for layer in layers], [r["layers"][layer][metric] for layer in layers],
-                linestyle=":" if gray else "-", marker="o", color=colour, linewidth=2, label=label)
+        xs, ys = [x[layer] for layer in layers], [r["layers"][layer][metric] for layer in layers]
+        style = {"linestyle": ":" if gray else "-", "marker": "o", "color": colour, "linewidth": 2, "label": label}
+        cis = [r["layers"][layer].get(f"{metric}_ci") for layer in layers]
+        if all(cis):  # the 95 % intervals the probe recorded (images and seeds bootstrapped)
+            yerr = [[y - ci["ci95"][0] for y, ci in zip(ys, cis)], [ci["ci95"][1] - y for y, ci in zip(ys, cis)]]
+            shift = 0.05 * (i - (len(results) - 1) / 2)  # side by side, so that overlapping bars stay readable
+            ax.errorbar([v + shift for v in xs], ys, yerr=yerr, capsize=3, elinewidth=1, **style)
+        else:
+            ax.plot(xs, ys, **style)
     protocols = sorted({r.get("protocol", {}).get("name", "?") for r in results})
     if published:
         grays = plt.get_cmap("Greys")

@@ -23,7 +23,9 @@ features; report top-1 and top-5 on DIR/val. The encoder runs once per batch for
 Encoders: {SPEC_HELP}.
 Protocols: {', '.join(f'{p.name} ({p.description})' for p in PROTOCOLS.values())}.
 With --cache DIR the pooled features are stored (fp16 memmaps) and reused by later runs on the same encoder,
-data, pooling and crop; training then uses fixed center crops (augmentation is off)."""
+data, pooling and crop; training then uses fixed center crops (augmentation is off), and the heads are trained with
+3 seeds (--head-seeds). Top-1 is printed as mean ± the half-width of its 95 % interval (bootstrap over validation
+images and seeds); set bootstrap.resamples / bootstrap.seed with --set."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the frozen encoder's precision (default auto: bf16 where the hardware has it natively)")
     parser.add_argument("--workers", type=int, help=f"data loading processes (default {d.workers})")
     parser.add_argument("--seed", type=int, help=f"seed (default {d.seed})")
+    parser.add_argument("--head-seeds", type=int, metavar="N",
+                        help="train the heads with N seeds (seed, seed + 1, ...); top-1 is their mean with a 95 %% "
+                             "interval over images and seeds (default: 3 with --cache, else 1)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--out", "-o", help="result JSON (default results/probe/<encoder>_<protocol>.json)")
     add_config_arguments(parser, "ProbeConfig")
@@ -58,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _FLAGS = ("encoder", "data", "protocol", "rounding", "input_mode", "epochs", "lr", "batch_size", "crop", "resize",
-          "ten_crop", "augment", "cache", "precision", "workers", "seed", "device", "out")
+          "ten_crop", "augment", "cache", "precision", "workers", "seed", "head_seeds", "device", "out")
 
 
 def config_from_args(args: argparse.Namespace) -> ProbeConfig:

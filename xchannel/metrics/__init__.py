@@ -1,4 +1,5 @@
-"""Benchmark metrics: PASCAL VOC classification/detection AP and segmentation IU (and colorization scores).
+"""Benchmark metrics: PASCAL VOC classification/detection AP and segmentation IU (and colorization scores), and
+their uncertainty (:mod:`xchannel.metrics.uncertainty`: bootstrap intervals over test images, chance levels).
 
 Each submodule holds one benchmark's scoring code; the public functions are re-exported here.
 """
@@ -27,4 +28,16 @@ from xchannel.metrics.segmentation import (
     mean_iu,
     pixel_accuracy,
     segmentation_scores,
+)
+from xchannel.metrics.uncertainty import (
+    BootstrapConfig,
+    Interval,
+    accuracy_difference_interval,
+    accuracy_interval,
+    chance_accuracy,
+    chance_map,
+    classification_map_interval,
+    detection_map_interval,
+    segmentation_miu_interval,
+    separation,
 )

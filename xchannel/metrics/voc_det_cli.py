@@ -108,11 +108,11 @@ def load_annotations(anno_dir: Path, image_ids: list[str]) -> dict[str, dict[str
     return out
 
 
-def score_result_files(devkit: str | Path, year: str | int, split: str, results: str | Path, *,
-                       comp: str = "comp4", metric: str = "voc07", iou: float = 0.5,
-                       inclusive: bool = True) -> tuple[VOCDetectionResult, dict[str, ClassDetections], list[str]]:
-    """Score ``<results>/<comp>_det_<split>_<class>.txt`` against the devkit tree: (result, detections per class
-    read, evaluated image ids). A missing class file scores AP 0 with a warning."""
+def read_scoring_inputs(devkit: str | Path, year: str | int, split: str, results: str | Path, *,
+                        comp: str = "comp4") -> tuple[dict[str, ClassDetections], list[str], dict[str, dict[str, Any]]]:
+    """What :func:`score_result_files` scores: (detections per class read from ``<results>/<comp>_det_<split>_
+    <class>.txt``, evaluated image ids, their annotations read as the devkit reads them). A missing class file is
+    left out with a warning (its AP is 0)."""
     voc = resolve_root(devkit, year)
     image_ids = list(dict.fromkeys(read_image_set(devkit, year, split)))
     if not image_ids:
@@ -127,7 +127,15 @@ def score_result_files(devkit: str | Path, year: str | int, split: str, results:
         detections[c] = read_results_file(path, id_set)
     if not detections:
         print(f"warning: no {comp}_det_{split}_<class>.txt file in {results}", file=sys.stderr)
-    annotations = load_annotations(voc / "Annotations", image_ids)
+    return detections, image_ids, load_annotations(voc / "Annotations", image_ids)
+
+
+def score_result_files(devkit: str | Path, year: str | int, split: str, results: str | Path, *,
+                       comp: str = "comp4", metric: str = "voc07", iou: float = 0.5,
+                       inclusive: bool = True) -> tuple[VOCDetectionResult, dict[str, ClassDetections], list[str]]:
+    """Score ``<results>/<comp>_det_<split>_<class>.txt`` against the devkit tree: (result, detections per class
+    read, evaluated image ids). A missing class file scores AP 0 with a warning."""
+    detections, image_ids, annotations = read_scoring_inputs(devkit, year, split, results, comp=comp)
     result = voc_det_eval(annotations, detections, VOC_CLASSES, iou_threshold=iou, inclusive=inclusive,
                           metric=metric)
     return result, detections, image_ids

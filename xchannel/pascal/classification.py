@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from xchannel.data.images import Skipped, SkipCounter, collate_skip
 from xchannel.data.voc import VOC_CLASSES, VOCClassification
 from xchannel.errors import UserError
+from xchannel.metrics.uncertainty import BootstrapConfig, chance_map, classification_map_interval
 from xchannel.metrics.voc import voc_cls_ap
 from xchannel.pascal.config import (CaffeSolver, FinetuneConfig, add_clip_boxes_argument, add_common_arguments,
                                     add_preset_argument, config_from_args, preset_config)
@@ -314,11 +315,14 @@ def predict(model: VOCClassifier, prepare: Any, dataset: VOCLabelledImages, view
     return torch.cat(scores).numpy().astype(np.float64), torch.cat(indices).numpy()
 
 
-def score(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def score(scores: np.ndarray, labels: np.ndarray, bootstrap: BootstrapConfig | None = None) -> dict[str, Any]:
     """Both AP metrics (in percent), per class and their mean over the 20 classes, labelled.
 
     A class without positive test images has AP 0 (as the devkit and scikit-learn report it); such classes are
-    listed, and ``map_present`` averages the other classes only.
+    listed, and ``map_present`` averages the other classes only. With ``bootstrap``, the headline metric
+    (scikit-learn AP) gets its intervals over test images (``map_ci``, and ``ap_ci``: class -> [lo, hi];
+    :func:`xchannel.metrics.uncertainty.classification_map_interval`) and ``chance`` the mAP of random scores on
+    the same labels (:func:`xchannel.metrics.uncertainty.chance_map`).
     """
     out: dict[str, Any] = {}
     absent = [VOC_CLASSES[c] for c in range(labels.shape[1]) if not (labels[:, c] > 0).any()]
@@ -331,6 +335,11 @@ def score(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         out[metric] = {"label": METRIC_LABELS[metric], "map": float(ap.mean()),
                        "map_present": float(ap[present].mean()) if present else float("nan"),
                        "ap": {c: float(a) for c, a in zip(VOC_CLASSES, ap)}}
+    if bootstrap is not None:
+        interval, per_class = classification_map_interval(scores, labels, bootstrap)
+        out["sklearn"]["map_ci"] = interval.to_dict()
+        out["sklearn"]["ap_ci"] = {c: [iv.lo, iv.hi] for c, iv in zip(VOC_CLASSES, per_class)}
+        out["chance"] = chance_map(labels, bootstrap.resamples, bootstrap.seed)
     out["classes_without_positives"] = absent
     out["units"] = "percent"
     return out
@@ -424,7 +433,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
                           cfg.data.test_crops, device, cfg.precision, workers=cfg.workers,
                           progress=cfg.progress, counter=test_counter)
     labels = test_ds.labels[idx]
-    metrics = score(scores, labels)
+    metrics = score(scores, labels, cfg.bootstrap)
     t_test = time.perf_counter() - t0
 
     column = {"fc8": "cls_fc8", "fc6-8": "cls_fc6-8", "all": "cls_all"}[cfg.layers]
@@ -450,6 +459,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
     result = result_record(
         task="classification", column=column, cfg=cfg, prepared=prepared, protocol=protocol, metrics=metrics,
         headline={"metric": "sklearn", "value": metrics["sklearn"]["map"],
+                  "uncertainty": metrics["sklearn"]["map_ci"], "chance": metrics["chance"],
                   "label": f"VOC07 classification mAP ({cfg.layers}), % (scikit-learn AP)"},
         data=data, history=history,
         timing={"seconds": round(time.perf_counter() - t_start, 2), "prepare_seconds": round(t_prepare, 2),
@@ -512,7 +522,9 @@ def run(args: argparse.Namespace) -> int:
     m = result["metrics"]
     print(f"VOC{result['config']['year']} classification ({result['config']['layers']}, "
           f"{result['encoder']['input_mode']}): mAP {m['sklearn']['map']:.1f} (scikit-learn AP), "
-          f"{m['voc07']['map']:.1f} (VOC07 11-point)")
+          f"{m['voc07']['map']:.1f} (VOC07 11-point); 95 % interval over test images "
+          f"[{m['sklearn']['map_ci']['ci95'][0]:.1f}, {m['sklearn']['map_ci']['ci95'][1]:.1f}]; random scores "
+          f"{m['chance']['mean']:.1f} [{m['chance']['range95'][0]:.1f}, {m['chance']['range95'][1]:.1f}]")
     if m["classes_without_positives"]:
         print(f"  classes without positive test images (AP 0): {', '.join(m['classes_without_positives'])}")
     print(f"result: {result['output']}")

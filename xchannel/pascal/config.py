@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from xchannel.errors import UserError
+from xchannel.metrics.uncertainty import BootstrapConfig
 from xchannel.utils.config import add_config_arguments, build_config, from_dict, merge, to_dict
 
 T = TypeVar("T")
@@ -110,7 +111,8 @@ class CaffeSolver:
 class FinetuneConfig:
     """What every PASCAL fine-tuning run has (saved in its result JSON). ``voc``: the VOCdevkit folder (or its
     parent); ``ab_branch``: color input with conv1's ab weights as a separate group; ``dropout``: CaffeNet's drop6
-    and drop7; ``workers``: data-loading processes; ``out``: the result JSON (default
+    and drop7; ``workers``: data-loading processes; ``bootstrap``: the resamples and seed of the 95 % intervals
+    over test images (:mod:`xchannel.metrics.uncertainty`); ``out``: the result JSON (default
     ``results/pascal/<task>_<encoder>_<input mode>.json``)."""
 
     encoder: str = ""
@@ -120,6 +122,7 @@ class FinetuneConfig:
     dropout: float = 0.5
     rescale: RescaleConfig = field(default_factory=RescaleConfig)
     optim: CaffeSolver = field(default_factory=CaffeSolver)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # the intervals over test images
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where native, else fp32 (xchannel.runtime)
     seed: int = 0
     device: str = "auto"

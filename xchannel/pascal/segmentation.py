@@ -68,7 +68,8 @@ from xchannel.data.images import SkipCounter, collate_skip_lists
 from xchannel.data.sbd import SBDAugmented, SBDSegmentation, SegmentationItems, seg11valid_ids
 from xchannel.data.voc import IGNORE_INDEX, VOC_CLASSES, PairedCropMirror, VOCSegmentation
 from xchannel.errors import UserError
-from xchannel.metrics.segmentation import ConfusionMatrix
+from xchannel.metrics.segmentation import confusion_matrix, segmentation_scores
+from xchannel.metrics.uncertainty import BootstrapConfig, segmentation_miu_interval
 from xchannel.pascal.config import (CaffeSolver, FinetuneConfig, add_common_arguments, add_preset_argument,
                                     config_from_args, preset_config)
 from xchannel.pascal.prepare import PreparedEncoder, dataset_name, prepare_encoder
@@ -384,13 +385,15 @@ def segmentation_loss(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: FCN32s, prepare: Any, dataset: VOCSegmentation, device: torch.device, precision: str = "fp32",
-             workers: int = 0, progress: bool = False, counter: SkipCounter | None = None) -> tuple[dict, int]:
-    """Whole-image predictions (argmax) on ``dataset``; returns the FCN scores (percent) and the image count."""
+             workers: int = 0, progress: bool = False, counter: SkipCounter | None = None,
+             bootstrap: BootstrapConfig = BootstrapConfig()) -> tuple[dict, int]:
+    """Whole-image predictions (argmax) on ``dataset``; returns the FCN scores (percent) and the image count.
+    ``mean_iu_ci``: the mean IU's bootstrap interval over the images, from their confusion matrices
+    (:func:`xchannel.metrics.uncertainty.segmentation_miu_interval`)."""
     model.eval()
-    cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=collate_skip_lists)
     counter = counter if counter is not None else SkipCounter()
-    n = 0
+    per_image = []
     for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
         if counter.update(batch) == 0:
             continue
@@ -398,17 +401,20 @@ def evaluate(model: FCN32s, prepare: Any, dataset: VOCSegmentation, device: torc
             x = prepare(image[None].to(device))
             with autocast(device, precision):
                 scores = model(x)
-            cm.update(scores.float().argmax(1)[0].cpu(), mask)
-            n += 1
+            per_image.append(confusion_matrix(scores.float().argmax(1)[0].cpu(), mask, NUM_CLASSES, IGNORE_INDEX))
+    n = len(per_image)
     if n == 0:
         raise UserError("segmentation: none of the validation images could be read")
-    s = cm.scores()
+    per_image_hist = torch.stack(per_image)
+    hist = per_image_hist.sum(0)  # FCN's score.py: the confusion matrix summed over the images
+    s = segmentation_scores(hist)
     out = {"mean_iu": 100.0 * s.mean_iu, "pixel_accuracy": 100.0 * s.pixel_accuracy,
            "mean_class_accuracy": 100.0 * s.mean_class_accuracy,
            "frequency_weighted_iu": 100.0 * s.frequency_weighted_iu,
            "iu": {c: (None if np.isnan(v) else 100.0 * v) for c, v in zip(("background", *VOC_CLASSES), s.iu)},
            "classes_absent": [c for c, v in zip(("background", *VOC_CLASSES), s.iu) if np.isnan(v)],
-           "labelled_pixels": int(cm.matrix.sum()), "units": "percent",
+           "labelled_pixels": int(hist.sum()), "units": "percent",
+           "mean_iu_ci": segmentation_miu_interval(per_image_hist.numpy(), bootstrap).to_dict(),
            "label": "FCN score.py: mean IU over the 21 classes present (nanmean), void (255) not counted"}
     return out, n
 
@@ -498,7 +504,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
 
     t0 = time.perf_counter()
     metrics, evaluated = evaluate(model, lambda rgb: encoder.prepare(rgb).contiguous(memory_format=memory), val_ds,
-                                  device, cfg.precision, cfg.workers, cfg.progress, val_counter)
+                                  device, cfg.precision, cfg.workers, cfg.progress, val_counter, cfg.bootstrap)
     t_eval = time.perf_counter() - t0
 
     protocol = {
@@ -527,7 +533,8 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
                     "skipped": val_counter.summary()}}
     result = result_record(
         task="segmentation", column="seg", cfg=cfg, prepared=prepared, protocol=protocol, metrics=metrics,
-        headline={"metric": "mean_iu", "value": metrics["mean_iu"], "label": "VOC segmentation mean IU, %"},
+        headline={"metric": "mean_iu", "value": metrics["mean_iu"], "uncertainty": metrics["mean_iu_ci"],
+                  "label": "VOC segmentation mean IU, %"},
         data=data, history=history,
         timing={"seconds": round(time.perf_counter() - t_start, 2), "prepare_seconds": round(t_prepare, 2),
                 "train_seconds": round(t_train, 2), "eval_seconds": round(t_eval, 2),

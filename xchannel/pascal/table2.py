@@ -15,7 +15,10 @@ column, which its authors ran on SBD train -> VOC2011 seg11valid).
   ``embedded`` (the procedural stand-in of ``xchannel make-data``, not comparable with the published numbers) or
   ``PASCAL VOC``.
 
-A missing value is shown as "—" (empty in the CSV).
+Measured values are printed ``mean ± half-width`` where their result recorded a 95 % interval over test images
+(``headline.uncertainty``, :mod:`xchannel.metrics.uncertainty`); the classification columns get a "random scores"
+row per data set, the mAP of random scores on its test labels (``headline.chance``). A missing value is shown as
+"—" (empty in the CSV).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from xchannel.errors import UserError
+from xchannel.metrics.uncertainty import format_interval
 from xchannel.pascal.record import TABLE2_COLUMNS
 from xchannel.utils.io import atomic_write_text
 
@@ -49,6 +53,8 @@ class MeasuredRow:
     fingerprint: str | None = None
     rescaled: bool | None = None
     values: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)  # column -> Interval.to_dict() record
+    chance: dict[str, dict[str, Any]] = field(default_factory=dict)  # classification column -> random-score mAP
     sources: dict[str, str] = field(default_factory=dict)
     created: dict[str, str] = field(default_factory=dict)
     superseded: list[str] = field(default_factory=list)
@@ -133,6 +139,10 @@ def measured_rows(results: Sequence[Mapping[str, Any]]) -> list[MeasuredRow]:
         if col in row.values:
             row.superseded.append(row.sources[col])
         row.values[col] = float(r["headline"]["value"])
+        for attr, key in (("intervals", "uncertainty"), ("chance", "chance")):
+            getattr(row, attr).pop(col, None)
+            if isinstance(r["headline"].get(key), Mapping):
+                getattr(row, attr)[col] = dict(r["headline"][key])
         row.sources[col] = r["_path"]
         row.created[col] = created
     return list(rows.values())
@@ -140,6 +150,23 @@ def measured_rows(results: Sequence[Mapping[str, Any]]) -> list[MeasuredRow]:
 
 def _fmt(v: float | None) -> str:
     return MISSING if v is None else f"{v:.1f}"
+
+
+def _cell(row: MeasuredRow, column: str) -> str:
+    """A measured value, ``mean ± half-width`` of its 95 % interval where the result recorded one."""
+    if column not in row.values:
+        return MISSING
+    return format_interval(row.intervals.get(column), row.values[column])
+
+
+def chance_rows(rows: Sequence[MeasuredRow]) -> dict[str, dict[str, dict[str, Any]]]:
+    """data set -> classification column -> the random-score mAP recorded with its results (the test labels are
+    the data set's, so any result of the column gives it)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        for col, chance in row.chance.items():
+            out.setdefault(row.dataset, {}).setdefault(col, chance)
+    return out
 
 
 def render_markdown(published: Mapping[str, Any] | None, rows: Sequence[MeasuredRow]) -> str:
@@ -154,9 +181,14 @@ def render_markdown(published: Mapping[str, Any] | None, rows: Sequence[Measured
             lines.append(f"| {r['name']} | {r.get('input', MISSING)} | {published.get('dataset', 'PASCAL VOC')}, "
                          f"published | {vals} |")
     for k, row in enumerate(rows, 1):
-        vals = " | ".join(_fmt(row.values.get(c)) for c in COLUMNS)
+        vals = " | ".join(_cell(row, c) for c in COLUMNS)
         lines.append(f"| **{row.label}** (measured) [m{k}] | {row.input_mode or MISSING} | {row.dataset}, "
                      f"measured | {vals} |")
+    chance = chance_rows(rows)
+    for dataset, cols in chance.items():
+        vals = " | ".join(f"{cols[c]['mean']:.1f} [{cols[c]['range95'][0]:.1f}, {cols[c]['range95'][1]:.1f}]"
+                          if c in cols else MISSING for c in COLUMNS)
+        lines.append(f"| random scores (chance) | {MISSING} | {dataset}, measured | {vals} |")
     lines.append("")
     if published is not None:
         lines += [f"Published rows: {published['source']}. "
@@ -169,6 +201,13 @@ def render_markdown(published: Mapping[str, Any] | None, rows: Sequence[Measured
     if rows:
         datasets = sorted({r.dataset for r in rows})
         lines.append("Measured rows (this code), on: " + ", ".join(datasets) + ".")
+        if any(row.intervals for row in rows):
+            lines.append("± is the half-width of the 95 % interval of a percentile bootstrap over the test images "
+                         "(one fine-tuning run; the spread between fine-tuning seeds is not in it).")
+        if chance:
+            lines.append("Random scores: the classification mAP of uniformly random scores on the same test labels, "
+                         "mean and central 95 % of the draws; a measured value inside that range is not "
+                         "distinguishable from chance.")
         if "embedded" in datasets:
             lines.append("'embedded' is the procedural stand-in data set of `xchannel make-data` (VOC file formats, "
                          "synthetic images, few iterations): its numbers check the pipeline end to end and are not "
@@ -189,15 +228,21 @@ def render_csv(published: Mapping[str, Any] | None, rows: Sequence[MeasuredRow])
     columns (empty when missing), ``source`` (the paper, or the result files)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["kind", "method", "input", "dataset", "spec", *COLUMNS, "source"])
+    w.writerow(["kind", "method", "input", "dataset", "spec", *COLUMNS, "source",
+                *(f"{c}_half_width" for c in COLUMNS)])
     if published is not None:
         for r in published["rows"]:
             w.writerow(["published", r["name"], r.get("input", ""), published.get("dataset", "PASCAL VOC"), "",
-                        *("" if v is None else f"{v:.1f}" for v in r["values"]), published["source"]])
+                        *("" if v is None else f"{v:.1f}" for v in r["values"]), published["source"],
+                        *("" for _ in COLUMNS)])
     for row in rows:
         w.writerow(["measured", row.label, row.input_mode, row.dataset, row.spec,
                     *("" if c not in row.values else f"{row.values[c]:.2f}" for c in COLUMNS),
-                    "; ".join(f"{c}={row.sources[c]}" for c in COLUMNS if c in row.sources)])
+                    "; ".join(f"{c}={row.sources[c]}" for c in COLUMNS if c in row.sources),
+                    *("" if c not in row.intervals else f"{row.intervals[c]['half_width']:.2f}" for c in COLUMNS)])
+    for dataset, cols in chance_rows(rows).items():
+        w.writerow(["chance", "random scores", "", dataset, "",
+                    *("" if c not in cols else f"{cols[c]['mean']:.2f}" for c in COLUMNS), cols[next(iter(cols))]["label"]])
     return buf.getvalue()
 
 
@@ -214,5 +259,5 @@ def write_table2(result_paths: Iterable[str | os.PathLike], out_dir: str | os.Pa
             "csv_path": str(out / "table2.csv"), "rows": rows}
 
 
-__all__ = ["COLUMNS", "MISSING", "MeasuredRow", "load_published", "measured_rows", "read_results", "render_csv",
+__all__ = ["COLUMNS", "MISSING", "MeasuredRow", "chance_rows", "load_published", "measured_rows", "read_results", "render_csv",
            "render_markdown", "write_table2"]

@@ -18,6 +18,13 @@ Protocol (:func:`run_probe`)
    gives the same heads.
 4. SGD with momentum, weight decay on the weights, lr steps x0.1 (the protocol's schedule; ``epochs``/``lr``
    override it). Top-1 and top-5 accuracy (%) on the validation split, per layer.
+5. Seeds and uncertainty: the heads are trained with ``head_seeds`` seeds (``seed``, ``seed + 1``, ...; by
+   default 3 on a feature cache, where the encoder runs once for all of them, else 1). ``top1``/``top5`` are the
+   means over seeds; ``top1_ci`` is the 95 % interval of the two-stage bootstrap over validation images and seeds
+   (:func:`xchannel.metrics.uncertainty.accuracy_interval`), with each seed's value. Every image's top-1 hit is
+   kept per seed (``per_image``, :func:`top1_hits`) so that encoders probed on the same images can be compared
+   pairwise; ``chance`` holds the chance accuracy. The trained heads returned by :func:`fit_probe` are the first
+   seed's.
 
 The result (a dict, also written atomically as JSON) records the protocol, the full config, the encoder
 (:meth:`~xchannel.features.encoders.Encoder.describe`: spec, checkpoint sha256, input mode), the data (path, counts,
@@ -37,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,6 +60,7 @@ from xchannel.data.screen import screen_samples
 from xchannel.errors import UserError
 from xchannel.features.cache import FeatureCache, file_list_fingerprint
 from xchannel.features.encoders import Encoder, load_encoder, parse_spec
+from xchannel.metrics.uncertainty import BootstrapConfig, accuracy_interval, chance_accuracy, format_interval
 from xchannel.probe.heads import ProbeHeads
 from xchannel.probe.protocols import DEFAULT_PROTOCOL, PoolSpec, Protocol, Schedule, get_protocol
 from xchannel.utils.config import to_dict
@@ -93,6 +102,8 @@ class ProbeConfig:
     workers: int = 2
     screen: bool = True
     seed: int = 0
+    head_seeds: int | None = None  # heads trained with seeds seed, seed + 1, ...; None: 3 with a cache, else 1
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     kmeans_images: int = 256
     device: str = "auto"
     out: str | None = None
@@ -111,12 +122,19 @@ class ProbeConfig:
             problems.append(f"crop must be >= 16 pixels (got {self.crop})")
         if self.workers < 0:
             problems.append(f"workers must be >= 0 (got {self.workers})")
+        if self.head_seeds is not None and self.head_seeds < 1:
+            problems.append(f"head_seeds must be >= 1 (got {self.head_seeds})")
         if self.kmeans_images < 1:
             problems.append(f"kmeans_images must be >= 1 (got {self.kmeans_images})")
         if not self.layers:
             problems.append("layers is empty")
         if problems:
             raise UserError("probe config: " + "; ".join(problems))
+
+    def seeds_used(self) -> int:
+        """How many head seeds run: ``head_seeds``, else 3 on a feature cache (the encoder runs once for all of
+        them) and 1 without (each seed would run the encoder again)."""
+        return self.head_seeds if self.head_seeds is not None else 3 if self.cache is not None else 1
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -353,12 +371,15 @@ def _train_step(heads: ProbeHeads, optim: torch.optim.Optimizer, feats: Mapping[
 
 
 class _Accuracy:
-    """Top-1 / top-5 counts per layer; ten-crop rows are averaged as class probabilities per image."""
+    """Top-1 / top-5 counts per layer, and each image's top-1 hit (in evaluation order); ten-crop rows are
+    averaged as class probabilities per image."""
 
     def __init__(self, layers: Sequence[str], num_classes: int, views: int) -> None:
         self.k = min(5, num_classes)
         self.views = views
         self.correct = {layer: [0, 0] for layer in layers}
+        self.top1: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+        self.labels: list[np.ndarray] = []
         self.total = 0
 
     def update(self, heads: ProbeHeads, feats: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:
@@ -369,11 +390,104 @@ class _Accuracy:
             hit = top == labels[:, None]
             self.correct[layer][0] += int(hit[:, 0].sum())
             self.correct[layer][1] += int(hit.any(dim=1).sum())
+            self.top1[layer].append(hit[:, 0].cpu().numpy())
+        self.labels.append(labels.cpu().numpy())
         self.total += n
+
+    @property
+    def hits(self) -> dict[str, np.ndarray]:
+        """layer -> boolean top-1 hit of every evaluated image."""
+        return {layer: np.concatenate(h) if h else np.zeros(0, bool) for layer, h in self.top1.items()}
 
     def result(self) -> dict[str, dict[str, float]]:
         t = max(self.total, 1)
         return {layer: {"top1": 100.0 * c[0] / t, "top5": 100.0 * c[1] / t} for layer, c in self.correct.items()}
+
+
+def _train_heads(heads: ProbeHeads, sched: Schedule, seed: int, cfg: ProbeConfig, device: torch.device,
+                 cached: Mapping[str, Any] | None, train_ds: ImageFolderDataset, extractor: PooledFeatures,
+                 counter: SkipCounter, head_threads: int | None, timing: dict[str, float],
+                 root: Path) -> list[dict[str, Any]]:
+    """Train ``heads`` for the schedule's epochs, on cached features or on the encoder's; returns the history."""
+    layers = list(heads.keys())
+    optim = torch.optim.SGD(heads.param_groups(sched.weight_decay), lr=sched.lr, momentum=sched.momentum,
+                            nesterov=sched.nesterov and sched.momentum > 0)
+    lr_steps = torch.optim.lr_scheduler.MultiStepLR(optim, sched.milestone_epochs(sched.epochs), sched.gamma)
+    history = []
+    # Random crops and mirrors draw from the global generator (in the main process; DataLoader workers are seeded
+    # from the loader's generator). Seeding it here, after everything that consumes it while being built (module
+    # constructors), makes the augmentation independent of which layers and encoder are probed.
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    epochs_bar = tqdm(range(sched.epochs), desc=f"probe epochs (seed {seed})", disable=not cfg.progress,
+                      leave=False)
+    for epoch in epochs_bar:
+        heads.train()
+        sums = {layer: 0.0 for layer in layers}
+        seen = 0
+        t0 = time.perf_counter()
+        if cached is not None:
+            split = cached["train"]
+            rows = split.rows[torch.randperm(len(split.rows), generator=gen).numpy()]
+            for start in range(0, len(rows), cfg.batch_size):
+                feats, labels = split.batch(rows[start: start + cfg.batch_size], layers)
+                feats = {k: v.to(device) for k, v in feats.items()}
+                with _cpu_threads(head_threads):
+                    _train_step(heads, optim, feats, labels.to(device), sums)
+                seen += len(labels)
+        else:
+            loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, seed + epoch)
+            for feats, labels, _ in _image_batches(loader, extractor, device, counter, 1,
+                                                   f"epoch {epoch + 1}", cfg.progress):
+                with _cpu_threads(head_threads):
+                    _train_step(heads, optim, feats, labels, sums)
+                seen += len(labels)
+        timing["train"] += time.perf_counter() - t0
+        if seen == 0:
+            raise UserError(f"{root / 'train'}: no readable training images")
+        history.append({"epoch": epoch + 1, "lr": optim.param_groups[0]["lr"],
+                        "loss": {layer: s / max(seen, 1) for layer, s in sums.items()}})
+        lr_steps.step()
+    return history
+
+
+@torch.no_grad()
+def _evaluate_heads(heads: ProbeHeads, layers: Sequence[str], num_classes: int, views: int, cfg: ProbeConfig,
+                    device: torch.device, cached: Mapping[str, Any] | None, val_ds: ImageFolderDataset,
+                    extractor: PooledFeatures, counter: SkipCounter, head_threads: int | None) -> _Accuracy:
+    """Top-1 / top-5 of ``heads`` on the validation split, images in the data set's order."""
+    heads.eval()
+    acc = _Accuracy(layers, num_classes, views)
+    if cached is not None:
+        split = cached["val"]
+        rows = split.rows
+        for start in range(0, len(rows), cfg.batch_size):
+            feats, labels = split.batch(rows[start: start + cfg.batch_size], layers)
+            with _cpu_threads(head_threads):
+                acc.update(heads, {k: v.to(device) for k, v in feats.items()}, labels.to(device))
+    else:
+        loader = _loader(val_ds, max(1, cfg.batch_size // views), cfg.workers, False, cfg.seed)
+        for feats, labels, _ in _image_batches(loader, extractor, device, counter, views, "evaluating",
+                                               cfg.progress):
+            with _cpu_threads(head_threads):
+                acc.update(heads, feats, labels)
+    return acc
+
+
+def pack_hits(hits: np.ndarray) -> str:
+    """Per-image hits as a hex string, one bit per image (``numpy.packbits``)."""
+    return np.packbits(np.asarray(hits, dtype=bool)).tobytes().hex()
+
+
+def unpack_hits(packed: str, images: int) -> np.ndarray:
+    """The inverse of :func:`pack_hits` for ``images`` images."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(packed), dtype=np.uint8), count=images).astype(bool)
+
+
+def top1_hits(result: Mapping[str, Any], layer: str) -> np.ndarray:
+    """``seeds x images`` top-1 hits of ``layer`` from a probe result (its ``per_image`` record)."""
+    rec = result["per_image"]
+    return np.stack([unpack_hits(h, rec["images"]) for h in rec["top1_hits"][layer]])
 
 
 def _git_commit() -> str | None:
@@ -466,12 +580,8 @@ def fit_probe(cfg: ProbeConfig, encoder: Encoder | None = None) -> tuple[dict[st
     if cfg.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
     extractor = PooledFeatures(encoder, specs, precision["resolved"], cfg.channels_last).to(device)
-    heads = ProbeHeads({layer: spec.out_shape for layer, spec in specs.items()}, num_classes, cfg.seed).to(device)
-    optim = torch.optim.SGD(heads.param_groups(sched.weight_decay), lr=sched.lr, momentum=sched.momentum,
-                            nesterov=sched.nesterov and sched.momentum > 0)
-    lr_steps = torch.optim.lr_scheduler.MultiStepLR(optim, sched.milestone_epochs(sched.epochs), sched.gamma)
 
-    timing = {"features": 0.0, "train": 0.0, "eval": 0.0}
+    timing = {"features": 0.0, "train": 0.0, "eval": 0.0, "bootstrap": 0.0}
     cache_info: dict[str, Any] | None = None
     cached = {}
     if use_cache:
@@ -503,63 +613,27 @@ def fit_probe(cfg: ProbeConfig, encoder: Encoder | None = None) -> tuple[dict[st
                                     shapes={layer: specs[layer].out_shape for layer in layers},
                                     scales={layer: loaded.scales[entries[layer]] for layer in layers})
 
-    history = []
-    # Random crops and mirrors draw from the global generator (in the main process; DataLoader workers are seeded
-    # from the loader's generator). Seeding it here, after everything that consumes it while being built (module
-    # constructors), makes the augmentation independent of which layers and encoder are probed.
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     head_threads = _head_threads(device, cfg.batch_size * views, [spec.dim for spec in specs.values()], num_classes)
-    epochs_bar = tqdm(range(sched.epochs), desc="probe epochs", disable=not cfg.progress, leave=False)
-    for epoch in epochs_bar:
-        heads.train()
-        sums = {layer: 0.0 for layer in layers}
-        seen = 0
+    seeds = [cfg.seed + k for k in range(cfg.seeds_used())]
+    runs = []
+    for seed in seeds:
+        heads = ProbeHeads({layer: spec.out_shape for layer, spec in specs.items()}, num_classes, seed).to(device)
+        history = _train_heads(heads, sched, seed, cfg, device, cached if use_cache else None, train_ds, extractor,
+                               train_counter, head_threads, timing, root)
         t0 = time.perf_counter()
-        if use_cache:
-            split = cached["train"]
-            rows = split.rows[torch.randperm(len(split.rows), generator=gen).numpy()]
-            for start in range(0, len(rows), cfg.batch_size):
-                feats, labels = split.batch(rows[start: start + cfg.batch_size], layers)
-                feats = {k: v.to(device) for k, v in feats.items()}
-                with _cpu_threads(head_threads):
-                    _train_step(heads, optim, feats, labels.to(device), sums)
-                seen += len(labels)
-        else:
-            loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, cfg.seed + epoch)
-            for feats, labels, _ in _image_batches(loader, extractor, device, train_counter, 1,
-                                                   f"epoch {epoch + 1}", cfg.progress):
-                with _cpu_threads(head_threads):
-                    _train_step(heads, optim, feats, labels, sums)
-                seen += len(labels)
-        timing["train"] += time.perf_counter() - t0
-        if seen == 0:
-            raise UserError(f"{root / 'train'}: no readable training images")
-        history.append({"epoch": epoch + 1, "lr": optim.param_groups[0]["lr"],
-                        "loss": {layer: s / max(seen, 1) for layer, s in sums.items()}})
-        lr_steps.step()
-
+        acc = _evaluate_heads(heads, layers, num_classes, views, cfg, device, cached if use_cache else None,
+                              val_ds, extractor, val_counter, head_threads)
+        timing["eval"] += time.perf_counter() - t0
+        if acc.total == 0:
+            raise UserError(f"{root / 'val'}: no readable validation images")
+        runs.append((heads, history, acc))
+    heads, history, acc = runs[0]
     t0 = time.perf_counter()
-    heads.eval()
-    acc = _Accuracy(layers, num_classes, views)
-    with torch.no_grad():
-        if use_cache:
-            split = cached["val"]
-            rows = split.rows
-            for start in range(0, len(rows), cfg.batch_size):
-                feats, labels = split.batch(rows[start: start + cfg.batch_size], layers)
-                with _cpu_threads(head_threads):
-                    acc.update(heads, {k: v.to(device) for k, v in feats.items()}, labels.to(device))
-        else:
-            loader = _loader(val_ds, max(1, cfg.batch_size // views), cfg.workers, False, cfg.seed)
-            for feats, labels, _ in _image_batches(loader, extractor, device, val_counter, views, "evaluating",
-                                                   cfg.progress):
-                with _cpu_threads(head_threads):
-                    acc.update(heads, feats, labels)
-    timing["eval"] = time.perf_counter() - t0
-    if acc.total == 0:
-        raise UserError(f"{root / 'val'}: no readable validation images")
-    scores = acc.result()
+    scores = {layer: {metric: sum(r[2].result()[layer][metric] for r in runs) / len(runs)
+                      for metric in ("top1", "top5")} for layer in layers}
+    hits = {layer: np.stack([r[2].hits[layer] for r in runs]) for layer in layers}
+    intervals = {layer: accuracy_interval(hits[layer], cfg.bootstrap) for layer in layers}
+    timing["bootstrap"] = time.perf_counter() - t0
 
     data = _data_record(root, train_ds, val_ds, cfg.data_name)
     data["evaluated"] = acc.total
@@ -574,8 +648,15 @@ def fit_probe(cfg: ProbeConfig, encoder: Encoder | None = None) -> tuple[dict[st
         "encoder": encoder.describe(),
         "data": data,
         "layer_order": layers,
-        "layers": {layer: {**specs[layer].to_dict(), **scores[layer],
+        "layers": {layer: {**specs[layer].to_dict(), **scores[layer], "top1_ci": intervals[layer].to_dict(),
                            "final_train_loss": history[-1]["loss"][layer]} for layer in layers},
+        "seeds": seeds,
+        "chance": {**chance_accuracy(np.concatenate(acc.labels), num_classes),
+                   "label": "top-1 % of guessing uniformly, and of always the majority class of val"},
+        "per_image": {"images": acc.total, "order": "the validation images in the data set's order, unreadable "
+                                                    "ones left out",
+                      "encoding": "hex of numpy.packbits, one bit per image, one string per seed",
+                      "top1_hits": {layer: [pack_hits(r[2].hits[layer]) for r in runs] for layer in layers}},
         "history": history,
         "cache": cache_info,
         "timing": {"seconds": time.perf_counter() - t_start, **{f"{k}_seconds": v for k, v in timing.items()},
@@ -600,12 +681,18 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None) -> dict[str, Any
 
 
 def format_table(result: Mapping[str, Any]) -> str:
-    """One line per layer: pooled shape, dimension, top-1 and top-5 (%)."""
-    lines = [f"{'layer':<8} {'pooled shape':<14} {'dim':>6} {'top-1':>7} {'top-5':>7}"]
+    """One line per layer: pooled shape, dimension, top-1 (mean over seeds ± the half-width of its 95 % interval)
+    and top-5 (%); then the seeds and the chance level."""
+    lines = [f"{'layer':<8} {'pooled shape':<14} {'dim':>6} {'top-1 (95% CI)':>15} {'top-5':>7}"]
     for layer in result["layer_order"]:
         r = result["layers"][layer]
         shape = "x".join(str(s) for s in r["shape"])
-        lines.append(f"{layer:<8} {shape:<14} {r['dim']:>6} {r['top1']:>7.2f} {r['top5']:>7.2f}")
+        top1 = format_interval(r.get("top1_ci"), r["top1"])
+        lines.append(f"{layer:<8} {shape:<14} {r['dim']:>6} {top1:>15} {r['top5']:>7.2f}")
+    if "chance" in result:
+        seeds = result.get("seeds", [])
+        lines.append(f"{len(seeds)} head seed(s) {seeds}; chance top-1 {result['chance']['uniform']:.1f} "
+                     f"(uniform), {result['chance']['majority']:.1f} (majority class)")
     return "\n".join(lines)
 
 
@@ -619,5 +706,6 @@ def format_dims(dims: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 __all__ = ["ProbeConfig", "PooledFeatures", "TenCrop", "build_encoder", "code_version", "fit_probe", "format_dims",
-           "format_table", "layer_shapes", "pool_specs", "probe_dims", "resolve_layers", "run_probe"]
+           "format_table", "layer_shapes", "pack_hits", "pool_specs", "probe_dims", "resolve_layers", "run_probe",
+           "top1_hits", "unpack_hits"]
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from xchannel.errors import UserError
+from xchannel.metrics.uncertainty import format_interval
 from xchannel.sweep.jobs import RUN_DIR, read_result
 from xchannel.sweep.runner import JobStatus, job_states, load_sweep, result_summary
 from xchannel.sweep.spec import Job, Sweep
@@ -93,6 +94,8 @@ def merge_probe_results(results: Sequence[Mapping[str, Any]]) -> list[dict[str, 
                 entry[metric] = mean
                 entry[f"{metric}_std"] = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
             entry["runs"] = len(have)
+            if len(have) > 1:  # one run's interval does not describe the mean of several
+                entry.pop("top1_ci", None)
             layers[layer] = entry
         first = rs[0]
         merged.append({"kind": "linear_probe", "encoder": first.get("encoder", {}), "data": first.get("data", {}),
@@ -136,7 +139,10 @@ def figure7_table(merged: Sequence[Mapping[str, Any]], published: Mapping[str, A
                 raw.append("")
                 continue
             std = v.get(f"{metric}_std", 0.0)
-            cells.append(f"{v[metric]:.1f}" + (f" ± {std:.1f}" if v.get("runs", 1) > 1 else ""))
+            if v.get("runs", 1) > 1:
+                cells.append(f"{v[metric]:.1f} ± {std:.1f}")
+            else:
+                cells.append(format_interval(v.get(f"{metric}_ci"), v[metric]))
             raw.append(f"{v[metric]:.2f}")
         md.append(f"| **{name}** (measured) | {enc.get('input_mode', '—')} | {data}, measured | "
                   + " | ".join(cells) + " |")
@@ -150,6 +156,9 @@ def figure7_table(merged: Sequence[Mapping[str, Any]], published: Mapping[str, A
                   f"numbers; others (e.g. the embedded procedural data set) check the pipeline end to end.")
     if any(v.get("runs", 1) > 1 for r in merged for v in r["layers"].values()):
         md.append("± is the standard deviation over seeds.")
+    if any(f"{metric}_ci" in v for r in merged for v in r["layers"].values()):
+        md.append("± on a single result is the half-width of its 95 % interval (bootstrap over validation images and "
+                  "head seeds).")
     md.append("")
     return "\n".join(md), buf.getvalue()
 

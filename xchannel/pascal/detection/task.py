@@ -17,6 +17,8 @@ from xchannel.data.images import SkipCounter, collate_skip_lists
 from xchannel.data.voc import VOC_CLASSES, VOCDetection
 from xchannel.errors import UserError
 from xchannel.features.encoders import Encoder
+from xchannel.metrics.uncertainty import BootstrapConfig, detection_map_interval
+from xchannel.metrics.voc import voc_det_eval
 from xchannel.pascal import proposals as props
 from xchannel.pascal import solver
 from xchannel.pascal.detection.boxes import BBOX_MEANS, clip_boxes, decode_boxes, sample_rois
@@ -231,21 +233,25 @@ def write_results(folder: Path, split: str, detections: dict[str, list[tuple[str
 
 
 def evaluate_results(voc: str | os.PathLike, year: str, split: str, folder: Path, *, inclusive: bool = True,
-                     comp: str = "comp4") -> dict[str, Any]:
-    """Score result files with :func:`xchannel.metrics.voc_det_cli.score_result_files`, the very function of
-    ``xchannel evaluate voc-det``: per-class AP and mAP in %, VOC07 11-point AP, difficult objects ignored, the
-    ground truth read as the devkit reads it. ``inclusive``: a detection matches at IoU >= 0.5 (``VOCevaldet.m``,
-    the default of both) rather than > 0.5 (py-faster-rcnn's port); both mAPs are recorded (they differ only
-    for overlaps of exactly 0.5)."""
-    from xchannel.metrics.voc_det_cli import score_result_files
+                     comp: str = "comp4", bootstrap: BootstrapConfig = BootstrapConfig()) -> dict[str, Any]:
+    """Score result files as :func:`xchannel.metrics.voc_det_cli.score_result_files`, the very function of
+    ``xchannel evaluate voc-det``, does: per-class AP and mAP in %, VOC07 11-point AP, difficult objects ignored,
+    the ground truth read as the devkit reads it. ``inclusive``: a detection matches at IoU >= 0.5
+    (``VOCevaldet.m``, the default of both) rather than > 0.5 (py-faster-rcnn's port); both mAPs are recorded
+    (they differ only for overlaps of exactly 0.5). ``map_ci``: the headline mAP's bootstrap interval over the
+    test images (:func:`xchannel.metrics.uncertainty.detection_map_interval`)."""
+    from xchannel.metrics.voc_det_cli import read_scoring_inputs
 
-    scored = {}
-    for rule, incl in (("devkit", True), ("strict", False)):
-        scored[rule] = score_result_files(voc, year, split, folder, comp=comp, metric="voc07", inclusive=incl)
-    main, dets, image_ids = scored["devkit" if inclusive else "strict"]
+    dets, image_ids, annotations = read_scoring_inputs(voc, year, split, folder, comp=comp)
+    scored = {rule: voc_det_eval(annotations, dets, VOC_CLASSES, inclusive=incl, metric="voc07")
+              for rule, incl in (("devkit", True), ("strict", False))}
+    main = scored["devkit" if inclusive else "strict"]
+    interval = detection_map_interval(annotations, dets, VOC_CLASSES, inclusive=inclusive, metric="voc07",
+                                      config=bootstrap, expected=100.0 * main.map)
     return {"map": 100.0 * main.map, "ap": {c: 100.0 * a for c, a in main.ap.items()}, "npos": main.npos,
             "match": "IoU >= 0.5" if inclusive else "IoU > 0.5",
-            "map_iou_ge": 100.0 * scored["devkit"][0].map, "map_iou_gt": 100.0 * scored["strict"][0].map,
+            "map_iou_ge": 100.0 * scored["devkit"].map, "map_iou_gt": 100.0 * scored["strict"].map,
+            "map_ci": interval.to_dict(),
             "metric": "VOC07 11-point AP (%), difficult objects ignored",
             "detections": {c: len(d.scores) for c, d in dets.items()}, "images": len(image_ids)}
 
@@ -268,7 +274,8 @@ def _test(cfg: Config, model: FastRCNN, encoder: Encoder, data: "DetectionImages
     seconds = time.perf_counter() - t0
     folder = files / "results"
     write_results(folder, cfg.test_split, detections)
-    metrics = evaluate_results(cfg.voc, cfg.year, cfg.test_split, folder, inclusive=cfg.inclusive_iou)
+    metrics = evaluate_results(cfg.voc, cfg.year, cfg.test_split, folder, inclusive=cfg.inclusive_iou,
+                               bootstrap=cfg.bootstrap)
     return {"metrics": metrics, "results_dir": str(folder), "seconds": seconds, "skipped": counter.summary()}
 
 
@@ -359,7 +366,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
     record = result_record(
         task="detection", column="det", cfg=cfg, prepared=prepared,
         protocol={**protocol(cfg), "precision": precision}, metrics=metrics,
-        headline={"metric": "mAP", "value": metrics["map"],
+        headline={"metric": "mAP", "value": metrics["map"], "uncertainty": metrics["map_ci"],
                   "label": f"VOC07 11-point mAP {metrics['map']:.1f}% ({metrics['match']})"},
         data={"name": dataset_name(cfg.voc), "voc": str(cfg.voc), "year": cfg.year,
               "train": {"split": cfg.train_split, "images": len(train_voc)},
