@@ -190,9 +190,10 @@ def test_config_is_strict_and_saved(tmp_path, folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task,port", [("colorization", 29533), ("splitbrain", 29534)])
+@pytest.mark.parametrize("task,port", [(task, 29533 + i) for i, task in enumerate(TINY_TASKS)])
 def test_ddp_two_gloo_processes(tmp_path, folder, task, port):
-    """Two processes; split-brain's two towers with their dict of inputs are the network least like the others."""
+    """Every task in two processes (split-brain's two towers with their dict of inputs are the network least like
+    the others; rotation and supervised draw per-step labels)."""
     cfg = _cfg(tmp_path, folder, task, steps=3, checkpoint_every=3, data={"val": None, "batch_size": 2})
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
