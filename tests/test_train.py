@@ -172,8 +172,20 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, folde
 
 
 def test_config_is_strict_and_saved(tmp_path, folder):
+    with pytest.raises(UserError, match="unknown key.*'lrr'"):
+        build_config(TrainConfig, None, ["optim.lrr=1"])
+    # a task's options are validated by the task's own config: colorization names the unknown key
+    from xchannel.pretext import get_task
+
     with pytest.raises(UserError, match="unknown key.*'lamda'"):
-        build_config(TrainConfig, None, ["loss.lamda=1"])
+        get_task("colorization")(build_config(TrainConfig, None, ["pretext.loss.lamda=1"]), torch.device("cpu"))
+    # configs of the older layout (colorization's loss: and temperature: at the top level) still read
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text("loss: {kind: l2}\ntemperature: 0.5\n")
+    old = build_config(TrainConfig, legacy, ["loss.lam=1.0"])
+    assert old.pretext == {"loss": {"kind": "l2", "lam": 1.0}, "temperature": 0.5}
+    task = get_task("colorization")(old, torch.device("cpu"))
+    assert task.opt.loss.kind == "l2" and task.opt.loss.lam == 1.0 and task.opt.temperature == 0.5
     p = tmp_path / "dup.yaml"
     p.write_text("steps: 1\nsteps: 2\n")
     with pytest.raises(UserError, match="duplicate key 'steps'"):
@@ -186,7 +198,7 @@ def test_config_is_strict_and_saved(tmp_path, folder):
     cfg = _cfg(tmp_path, folder, steps=1, data={"val": None})
     train(cfg, progress=False)
     saved = json.loads((Path(cfg.out) / "config.json").read_text())
-    assert saved["loss"] == to_dict(cfg)["loss"] and saved["steps"] == 1
+    assert saved["pretext"] == to_dict(cfg)["pretext"] and saved["steps"] == 1
 
 
 @pytest.mark.slow
@@ -212,13 +224,13 @@ def test_table1_variants_and_kmeans_init(tmp_path, folder):
     from xchannel.checkpoints import load_network
     from xchannel.colorize import predict_ab
 
-    cls = _cfg(tmp_path / "cls", folder, steps=2, checkpoint_every=2, loss={"lam": 1.0}, data={"val": None})
+    cls = _cfg(tmp_path / "cls", folder, steps=2, checkpoint_every=2, pretext={"loss": {"lam": 1.0}}, data={"val": None})
     train(cls, progress=False)
     cls_ckpt = ckpt.list_checkpoints(Path(cls.out))[0][1]
-    l2 = _cfg(tmp_path / "l2", folder, steps=2, checkpoint_every=2, loss={"kind": "l2"},
+    l2 = _cfg(tmp_path / "l2", folder, steps=2, checkpoint_every=2, pretext={"loss": {"kind": "l2"}},
               model={"init": "kmeans", "init_batches": 2}, data={"val": None})
     assert train(l2, progress=False)["status"] == "finished"
-    ft = _cfg(tmp_path / "ft", folder, steps=1, checkpoint_every=1, loss={"kind": "l2"},
+    ft = _cfg(tmp_path / "ft", folder, steps=1, checkpoint_every=1, pretext={"loss": {"kind": "l2"}},
               model={"init_from": str(cls_ckpt)}, optim={"lr": 0.0}, data={"val": None})
     train(ft, progress=False)
     src = torch.load(cls_ckpt, weights_only=True)["state_dict"]

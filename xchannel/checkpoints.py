@@ -38,7 +38,8 @@ def load_network(path: str | Path, state: object = None) -> tuple[nn.Module, dic
         raise UserError(f"{path}: neither an xchannel checkpoint (keys 'model', 'hparams', 'state_dict') nor the "
                         f"released colorization weights (keys 'model1.0.weight', ..., 'model_out.weight')")
     cfg = state.get("config", {}) if isinstance(state.get("config"), dict) else {}
-    kind = cfg.get("loss", {}).get("kind", "classification")
+    # colorization's options: under pretext: (today) or at the top level (checkpoints written before)
+    kind = ((cfg.get("pretext") or {}).get("loss") or cfg.get("loss") or {}).get("kind", "classification")
     if kind != "l2":
         return model_from_checkpoint(state, str(path)).eval(), {"source": "xchannel", "config": cfg,
                                                                  "loss_kind": kind, "step": state.get("step")}

@@ -99,7 +99,7 @@ def _task(k: int):
     from xchannel.train.config import TrainConfig
 
     cfg = TrainConfig()
-    cfg.loss.soft_encoding = "paper" if k == 5 else "released"
+    cfg.pretext = {"loss": {"soft_encoding": "paper" if k == 5 else "released"}}
     return ColorizationTask(cfg, torch.device("cpu"))
 
 

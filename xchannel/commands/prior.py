@@ -11,7 +11,7 @@ NAME = "prior"
 HELP = "count the ab-bin frequencies of a data set (the prior p of Eq. 4)"
 DESCRIPTION = """Stream a data set (an ImageFolder tree or an image list) and count, for every pixel of every
 image with colour, its nearest of the 313 ab bins. The result sums to 1 and can be given to training as
-loss.prior=PATH in place of the authors' ImageNet prior. Bad images are skipped, counted and named."""
+pretext.loss.prior=PATH in place of the authors' ImageNet prior. Bad images are skipped, counted and named."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

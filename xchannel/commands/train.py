@@ -16,10 +16,10 @@ DESCRIPTION = f"""Train a pretext network from a YAML config, with key=value ove
 CONFIG is a YAML file or a shipped config name ({', '.join(named_configs())}).
 Overrides use dotted keys and YAML values, e.g.:
 
-  xchannel train alexnet-imagenet data.train=/data/imagenet/train loss.lam=1.0 out=runs/class
-  xchannel train vgg-imagenet loss.kind=l2 model.init_from=runs/vgg/ckpt_00450000.pt   # Ours (L2, ft)
+  xchannel train alexnet-imagenet data.train=/data/imagenet/train pretext.loss.lam=1.0 out=runs/class
+  xchannel train vgg-imagenet pretext.loss.kind=l2 model.init_from=runs/vgg/ckpt_00450000.pt   # Ours (L2, ft)
 
-Table 1 variants: loss.lam=0.5 (full), loss.lam=1.0 (class, no rebalancing), loss.kind=l2 (L2).
+Table 1 variants: pretext.loss.lam=0.5 (full), pretext.loss.lam=1.0 (class, no rebalancing), pretext.loss.kind=l2 (L2).
 Other pretext tasks: task=NAME with its options under pretext.* (xchannel train --list-tasks).
 The run folder (out=) receives config.json, checkpoints, metrics.jsonl, sample grids and summary.json.
 Under torchrun or SLURM with several tasks the run is DistributedDataParallel."""

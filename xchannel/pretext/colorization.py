@@ -10,8 +10,9 @@ prediction and for the gray baseline (a = b = 0), and writes a Fig. 4-style samp
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -126,28 +127,51 @@ class Batch:
         return mask
 
 
+@dataclass
+class LossConfig:
+    """The objective (Table 1's variants): classification with rebalancing (full), lam = 1 (no rebalancing), or
+    L2 regression."""
+
+    kind: Literal["classification", "l2"] = "classification"
+    soft_encoding: Literal["paper", "released"] = "paper"  # 5 neighbours (paper) or 10 (released code)
+    lam: float = 0.5  # Eq. 4; 1.0 = no rebalancing ("Ours (class)")
+    sigma: float = 5.0  # smoothing of the prior in Eq. 4
+    prior: str = "reference"  # "reference" (authors' ImageNet prior) or a .npy written by `xchannel prior`
+    gray_threshold: float = 5.0  # images whose |a|, |b| never exceed this carry no colour and no loss
+
+
+@dataclass
+class ColorizationConfig:
+    """The ``pretext:`` section of a colorization run (``pretext: {loss: {lam: 1.0}}``; overrides
+    ``pretext.loss.kind=l2``). Configs written before tasks had a ``pretext:`` section kept these at the top level
+    (``loss:``, ``temperature:``); :meth:`xchannel.train.config.TrainConfig.upgrade_legacy` moves them here."""
+
+    loss: LossConfig = field(default_factory=LossConfig)
+    temperature: float = 0.38  # annealed mean used for validation outputs (Eq. 5)
+
+
 class ColorizationTask(PretextTask):
-    """The paper's pretext task (see :mod:`xchannel.pretext.base`). Its options are the training config's ``loss``
-    section and ``temperature`` (where its configs and checkpoints have always had them); its ``pretext:``
-    section is empty. The backbone is the whole network but its classifier (AlexNet: fc8; the VGG colorizer is
-    exported whole)."""
+    """The paper's pretext task (see :mod:`xchannel.pretext.base`), with its options in ``pretext:``
+    (:class:`ColorizationConfig`). The backbone is the whole network but its classifier (AlexNet: fc8; the VGG
+    colorizer is exported whole)."""
 
     name = "colorization"
     description = "L -> ab: 313-way classification with class rebalancing (or L2 regression), L input"
     paper = "Zhang, Isola, Efros, Colorful Image Colorization, ECCV 2016"
+    Config = ColorizationConfig
 
     def __init__(self, cfg: Any, device: torch.device) -> None:
         super().__init__(cfg, device)
-        enc = C.SOFT_ENCODING_PRESETS[cfg.loss.soft_encoding]
+        enc = C.SOFT_ENCODING_PRESETS[self.opt.loss.soft_encoding]
         self.neighbours, self.sigma = enc.neighbours, enc.sigma
-        self.class_weights = C.rebalance_weights(load_prior(cfg.loss.prior), cfg.loss.lam, cfg.loss.sigma).to(device)
+        self.class_weights = C.rebalance_weights(load_prior(self.opt.loss.prior), self.opt.loss.lam, self.opt.loss.sigma).to(device)
 
     # -- model ---------------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         from xchannel.models import build_model
 
         model = build_model(self.cfg.model.name, width=self.cfg.model.width)
-        if self.cfg.loss.kind == "l2":
+        if self.opt.loss.kind == "l2":
             set_regression_head(model)
         return model
 
@@ -160,7 +184,7 @@ class ColorizationTask(PretextTask):
         x = batch["image"].to(self.device, non_blocking=True)
         has_color = batch.get("has_color")
         allowed = has_color.to(self.device) if has_color is not None else None
-        return Batch(rgb=x, gray_threshold=self.cfg.loss.gray_threshold, allowed=allowed)
+        return Batch(rgb=x, gray_threshold=self.opt.loss.gray_threshold, allowed=allowed)
 
     def init_inputs(self, images: torch.Tensor) -> torch.Tensor:
         return self.prepare({"image": images}).L
@@ -182,7 +206,7 @@ class ColorizationTask(PretextTask):
     def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         out = model(self.memory_format(batch.L))
         ab = batch.ab_at(*self.head_pixels(unwrap(model)), tuple(out.shape[-2:]))
-        if self.cfg.loss.kind == "l2":
+        if self.opt.loss.kind == "l2":
             return {"l2": l2_regression(out.float() * AB_SCALE, ab, batch.has_color)}
         idx, wts, v = self.targets(ab)
         return {"ce": rebalanced_cross_entropy(out, idx, wts, v, batch.has_color)}
@@ -190,10 +214,10 @@ class ColorizationTask(PretextTask):
     # -- prediction ----------------------------------------------------------------------------------------------
     def predict(self, model: nn.Module, L: torch.Tensor, T: float | None = None) -> dict[str, torch.Tensor]:
         """Decoded ab at the input resolution: annealed mean at T (and mean, mode for classification models)."""
-        T = self.cfg.temperature if T is None else T
+        T = self.opt.temperature if T is None else T
         out = model(L).float()
         size = tuple(L.shape[-2:])
-        if self.cfg.loss.kind == "l2":
+        if self.opt.loss.kind == "l2":
             return {"regression": C.upsample_ab(out * AB_SCALE, size)}
         proj = getattr(model, "ab_projection", None)
         return {
@@ -209,7 +233,7 @@ class ColorizationTask(PretextTask):
         ours, gray = AbAucMeter(), AbAucMeter()
         grid_rows: list[np.ndarray] = []
         seen = 0
-        main_key = "regression" if self.cfg.loss.kind == "l2" else f"annealed T={self.cfg.temperature:g}"
+        main_key = "regression" if self.opt.loss.kind == "l2" else f"annealed T={self.opt.temperature:g}"
         for batch in batches:
             b = self.prepare(batch)
             preds = self.predict(model, b.L)

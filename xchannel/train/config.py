@@ -26,16 +26,6 @@ class ModelConfig:
 
 
 @dataclass
-class LossConfig:
-    kind: Literal["classification", "l2"] = "classification"
-    soft_encoding: Literal["paper", "released"] = "paper"  # 5 neighbours (paper) or 10 (released code)
-    lam: float = 0.5  # Eq. 4; 1.0 = no rebalancing ("Ours (class)")
-    sigma: float = 5.0  # smoothing of the prior in Eq. 4
-    prior: str = "reference"  # "reference" (authors' ImageNet prior) or a .npy written by `xchannel prior`
-    gray_threshold: float = 5.0  # images whose |a|, |b| never exceed this carry no colour and no loss
-
-
-@dataclass
 class DataConfig:
     train: str = ""  # an ImageFolder tree (root/<class>/<images>) or an image list file
     val: str | None = None
@@ -71,7 +61,6 @@ class TrainConfig:
     # the task's options, validated by its Config dataclass (xchannel.pretext.<task>)
     pretext: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)  # colorization's objective (Table 1's variants)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 450_000
@@ -84,5 +73,21 @@ class TrainConfig:
     keep_checkpoints: int = 3
     val_every: int = 10_000
     log_every: int = 50
-    temperature: float = 0.38  # colorization: annealed mean used for validation outputs
     out: str = "runs/colorization"
+
+    @staticmethod
+    def upgrade_legacy(data: dict) -> dict:
+        """Configs and checkpoints written before tasks had a ``pretext:`` section kept colorization's options at
+        the top level (``loss:``, ``temperature:``, overrides ``loss.lam=1.0``); they move under ``pretext:``,
+        where colorization's own config validates them (another task rejects them by name)."""
+        moved = {k: data[k] for k in LEGACY_COLORIZATION_KEYS if k in data}
+        if not moved:
+            return data
+        from xchannel.utils.config import merge
+
+        out = {k: v for k, v in data.items() if k not in moved}
+        out["pretext"] = merge(moved, dict(data.get("pretext") or {}))
+        return out
+
+
+LEGACY_COLORIZATION_KEYS = ("loss", "temperature")

@@ -186,12 +186,14 @@ def merge(base: dict, over: dict) -> dict:
 
 def build_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = (), base: T | None = None) -> T:
     """Defaults (or ``base``) <- YAML file at ``path`` <- ``key=value`` overrides, validated into ``cls``."""
+    upgrade = getattr(cls, "upgrade_legacy", lambda d: d)  # a config class may move keys of older layouts
     data = to_dict(base) if base is not None else to_dict(cls())
     if path is not None:
         file_data = load_yaml(path) or {}
         if not isinstance(file_data, dict):
             raise UserError(f"{path}: expected a mapping at the top level")
+        file_data = upgrade(file_data)
         from_dict(cls, merge(data, file_data), where=str(path))  # validate file keys with their file name
         data = merge(data, file_data)
-    data = merge(data, parse_overrides(list(overrides)))
+    data = merge(data, upgrade(parse_overrides(list(overrides))))
     return from_dict(cls, data)
