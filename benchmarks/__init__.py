@@ -1,2 +1,2 @@
-"""Benchmarks of xchannel: the paper's published numbers (:mod:`benchmarks.published`) and the performance
-benchmarks (:mod:`benchmarks.perf`, ``make bench``)."""
+"""Performance benchmarks of xchannel (:mod:`benchmarks.perf`, ``make bench``). The published numbers that the
+reports compare against are package data of :mod:`xchannel.reports.published`."""

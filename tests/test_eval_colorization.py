@@ -16,11 +16,11 @@ from xchannel.cli import main
 from xchannel.data.images import ImageFolderDataset, ResizeCenterCrop
 from xchannel.data.synthetic import SyntheticSpec, make_dataset
 from xchannel.evaluation.classifier import EmbeddedClassifierSpec, train_embedded_classifier
-from xchannel.evaluation.colorization import (COLUMNS, EvalBatch, GroundTruth, Gray, RandomColors,
-                                              build_colorizer, evaluate, published_table1)
+from xchannel.evaluation.colorization import EvalBatch, GroundTruth, Gray, RandomColors, build_colorizer, evaluate
 from xchannel.evaluation.temperature import FIG4_TEMPERATURES, decode_temperatures
 from xchannel.metrics.colorization import ab_auc
 from xchannel.models import VGGColorizer, model_checkpoint
+from xchannel.reports.table1 import COLUMNS, load_published
 from xchannel.utils.io import atomic_torch_save
 
 SIZE = 48  # side of the tiny embedded images (shorter side; evaluated as a center 48 x 48 crop)
@@ -63,7 +63,7 @@ def _batch(rgb: torch.Tensor, index: torch.Tensor) -> EvalBatch:
 
 
 def test_published_table1_holds_the_papers_rows():
-    pub = published_table1()
+    pub = load_published()
     assert [k for k, _ in COLUMNS] == pub["columns"]
     rows = {r["name"]: r["values"][3:] for r in pub["rows"]}
     # Table 1: AuC non-rebal, AuC rebal, VGG top-1, AMT labeled real (%)

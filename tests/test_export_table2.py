@@ -20,7 +20,7 @@ from xchannel.errors import UserError
 from xchannel.export.detectron2 import export_detectron2, read_detectron2
 from xchannel.features.encoders import load_encoder
 from xchannel.models import AlexNet
-from xchannel.pascal import table2
+from xchannel.reports import table2
 
 CONVS = [f"backbone.conv{i}" for i in range(1, 6)]
 FCS = ["roi_heads.box_head.fc1", "roi_heads.box_head.fc2"]

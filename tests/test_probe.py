@@ -87,10 +87,10 @@ def test_default_is_the_protocol_of_the_published_numbers():
     the overlay's record all name the same protocol, and a plot of another protocol says it differs."""
     import yaml
 
-    from xchannel.commands.plot import published_numbers
+    from xchannel.reports import published as published_numbers
     from xchannel.sweep.spec import resolve_spec_path
 
-    published = published_numbers("figure7")
+    published = published_numbers.load("figure7")
     assert ProbeConfig().protocol == published["protocol"] == "zhang16-release"
     assert yaml.safe_load(resolve_spec_path("figure7").read_text())["variables"]["protocol"] == "zhang16-release"
     spec = PROTOCOLS["zhang16-release"].pool_spec("conv5", CAFFENET_227["conv5"])

@@ -24,7 +24,8 @@ from xchannel.cli import main as cli_main
 from xchannel.errors import UserError
 from xchannel.sweep.cluster import ClusterProfile
 from xchannel.sweep.jobs import read_attempts, read_result
-from xchannel.sweep.report import merge_probe_results, write_report
+from xchannel.reports.figure7 import merge_probe_results
+from xchannel.reports.sweep import write_report
 from xchannel.sweep.runner import format_status, job_profile, job_states, submit_sweep
 from xchannel.sweep.spec import config_hash, expand_spec, load_spec
 from xchannel.train.checkpoint import checkpoint_path

@@ -7,7 +7,8 @@ import json
 
 from xchannel.features.encoders import SPEC_HELP, load_encoder, parse_spec
 from xchannel.probe.protocols import PROTOCOLS
-from xchannel.probe.run import ProbeConfig, format_dims, format_table, probe_dims, run_probe
+from xchannel.probe.run import ProbeConfig, format_dims, probe_dims, run_probe
+from xchannel.reports.figure7 import probe_table
 from xchannel.utils.config import add_config_arguments, build_config
 
 NAME = "probe"
@@ -94,6 +95,6 @@ def run(args: argparse.Namespace) -> int:
     enc = result["encoder"]
     print(f"{enc['name']} [{enc['input_mode']}], protocol {cfg.protocol}, {result['data']['classes']} classes, "
           f"{result['data']['evaluated']} val images, {result['timing']['seconds']:.1f} s")
-    print(format_table(result))
+    print(probe_table(result))
     print(f"wrote {result['output']}")
     return 0

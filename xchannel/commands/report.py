@@ -3,7 +3,7 @@
 From the finished jobs of the sweep in SWEEP_DIR (``xchannel sweep``) it writes, into OUT (default
 ``results/<sweep name>/``): the Figure 7 plot and table (probe jobs), Table 2 as markdown and CSV (PASCAL jobs), a
 training summary (train jobs), ``jobs.csv`` and a ``README.md``, with the published numbers beside ours. Jobs
-that have not finished are listed, not waited for: run it again when they have.
+that have not finished are listed, not waited for: run it again when they have. See :mod:`xchannel.reports.sweep`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xchannel.sweep.report import write_report
+    from xchannel.reports.sweep import write_report
 
     info = write_report(args.sweep_dir, args.out)
     c = info["counts"]

@@ -1,7 +1,8 @@
 """``xchannel table2 RESULT... [-o DIR]``: the paper's Table 2 with the published rows beside ours.
 
-See :mod:`xchannel.pascal.table2`: the published numbers of ``benchmarks/published/table2.json`` and one measured
-row per encoder, input mode and data set from the PASCAL task results (files, or folders searched for them).
+See :mod:`xchannel.reports.table2`: the published numbers of ``xchannel/reports/published/table2.json`` and one
+measured row per encoder, input mode and data set from the PASCAL task results (files, or folders searched for
+them).
 Writes ``DIR/table2.md`` and ``DIR/table2.csv`` and prints the markdown.
 """
 
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xchannel.pascal.table2 import write_table2
+    from xchannel.reports.table2 import write_table2
 
     out = write_table2(args.results, args.out)
     if not args.quiet:

@@ -32,15 +32,13 @@ gray mask: no ``|a|`` or ``|b|`` above 5) have no colour to predict and are left
 unreadable images are skipped and counted. One streaming pass serves every row.
 
 Output in ``--out``: ``table1.md`` and ``table1.csv`` (our rows, labelled with what they were measured on, then the
-paper's rows from ``benchmarks/published/table1.json`` with their source) and ``table1.json`` (numbers, counts,
-classifier, and the configuration of the run).
+paper's rows with their source) and ``table1.json`` (numbers, counts, classifier, and the configuration of the run),
+rendered by :mod:`xchannel.reports.table1`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import statistics
 import sys
@@ -60,22 +58,12 @@ from xchannel.color import ANNEAL_T
 from xchannel.errors import UserError
 from xchannel.evaluation.classifier import FixedClassifier
 from xchannel.metrics.colorization import AbAucMeter
+from xchannel.reports.table1 import write_table1
 from xchannel.utils.config import to_dict
-from xchannel.utils.io import atomic_write_json, atomic_write_text
 
 HELP = "Table 1: AuC (raw, class-rebalanced) and classifier top-1 on colorized images, beside the paper's numbers."
 DESCRIPTION = __doc__
 
-#: The paper's Table 1 columns: (key in results and in benchmarks/published/table1.json, header as printed).
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("params_mb", "Params (MB)"),
-    ("feats_mb", "Feats (MB)"),
-    ("runtime_ms", "Runtime (ms)"),
-    ("auc_nonrebal", "AuC non-rebal (%)"),
-    ("auc_rebal", "AuC rebal (%)"),
-    ("vgg_top1", "VGG Top-1 Class Acc (%)"),
-    ("amt_labeled_real", "AMT Labeled Real (%)"),
-)
 COST_INPUT = 256  # side of the image used for the Params / Feats / Runtime columns (the released pipeline's input)
 
 
@@ -434,57 +422,7 @@ def evaluate(dataset: Dataset, colorizers: Sequence[Colorizer], classifier: Fixe
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Tables
-
-
-def published_table1() -> dict[str, Any] | None:
-    """The paper's Table 1 (``benchmarks/published/table1.json``), or None outside a repository checkout."""
-    from xchannel.commands.plot import published_numbers
-
-    return published_numbers("table1")
-
-
-def _fmt(value: float | None, se: float | None = None, digits: int = 1) -> str:
-    """A number with ``digits`` decimals (an int as printed: the paper's "129", "100"), "±se" when given."""
-    if value is None:
-        return "—"
-    text = str(value) if isinstance(value, int) else f"{value:.{digits}f}"
-    return text if se is None else f"{text}±{se:.{digits}f}"
-
-
-def table_rows(rows: Sequence[RowResult], measured_on: str, published: dict[str, Any] | None) -> list[list[str]]:
-    """Header + rows as strings: Method, the paper's seven columns, Measured on (ours first, then the paper's)."""
-    header = ["Method", *(title for _, title in COLUMNS), "Measured on"]
-    out = [header]
-    for r in rows:
-        pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
-        values = {"params_mb": _fmt(r.params_mb), "feats_mb": _fmt(r.feats_mb),
-                  "runtime_ms": _fmt(r.runtime_ms), "auc_nonrebal": _fmt(pct(r.auc_nonrebal)),
-                  "auc_rebal": _fmt(pct(r.auc_rebal)), "vgg_top1": _fmt(pct(r.vgg_top1)),
-                  "amt_labeled_real": _fmt(pct(r.amt_labeled_real), pct(r.amt_se))}
-        out.append([r.name, *(values[k] for k, _ in COLUMNS), measured_on])
-    if published:
-        keys = list(published["columns"])
-        for row in published["rows"]:
-            se = dict(zip(keys, row.get("se", [None] * len(keys))))
-            vals = dict(zip(keys, row["values"]))
-            out.append([row["name"], *(_fmt(vals.get(k), se.get(k)) for k, _ in COLUMNS),
-                        published.get("measured_on", "published")])
-    return out
-
-
-def to_markdown(table: list[list[str]], title: str, notes: Sequence[str]) -> str:
-    header, *body = table
-    align = ["---"] + ["---:"] * (len(header) - 2) + ["---"]
-    lines = [f"# {title}", "", *notes, "", "| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines) + "\n"
-
-
-def to_csv(table: list[list[str]]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([[c.replace("—", "") for c in row] for row in table])
-    return buf.getvalue()
+# What our rows were measured on, and their AMT column (the table itself: xchannel.reports.table1)
 
 
 def describe_data(result: dict[str, Any], data: str, size: int, resize: int | None, keep_gray: bool) -> str:
@@ -494,27 +432,6 @@ def describe_data(result: dict[str, Any], data: str, size: int, resize: int | No
     label = f"{parent}/{name}" if parent else name
     gray = "" if keep_gray else ", colour only"
     return f"{label} ({result['images']} images{gray}, {size} px)"
-
-
-def write_table1(out_dir: str | Path, result: dict[str, Any], config: dict[str, Any], measured_on: str,
-                 notes: Sequence[str] = (), published: dict[str, Any] | None = None) -> dict[str, Path]:
-    """``table1.md``, ``table1.csv`` and ``table1.json`` in ``out_dir`` (written atomically)."""
-    out = Path(out_dir)
-    table = table_rows(result["rows"], measured_on, published)
-    pub_note = ([f"Paper rows: {published['source']}. {published.get('notes', '')}".strip()] if published else
-                ["(The paper's numbers were not found: benchmarks/published/table1.json is missing.)"])
-    md = to_markdown(table, "Table 1: colorization results", [f"Our rows measured on: {measured_on}.", *notes,
-                                                                *pub_note])
-    paths = {"md": out / "table1.md", "csv": out / "table1.csv", "json": out / "table1.json"}
-    atomic_write_text(paths["md"], md)
-    atomic_write_text(paths["csv"], to_csv(table))
-    payload = {"kind": "colorization_table1", "measured_on": measured_on, "columns": [k for k, _ in COLUMNS],
-               "column_titles": [t for _, t in COLUMNS],
-               "rows": [asdict(r) for r in result["rows"]],
-               **{k: v for k, v in result.items() if k != "rows"},
-               "published": published, "notes": list(notes), "config": config}
-    atomic_write_json(paths["json"], payload)
-    return paths
 
 
 def fill_amt(rows: Sequence[RowResult], amt_path: str | Path) -> None:
@@ -694,10 +611,8 @@ def run_table1(cfg: Table1Config, progress: bool = True) -> dict[str, Any]:
         notes.append(f"{result['gray_left_out']} gray images (no colour to predict) left out.")
     if result["skipped"]:
         notes.append(f"{result['skipped']} unreadable images skipped.")
-    published = published_table1()
-    if published is not None:
-        published = {**published, "measured_on": published.get("measured_on", "ImageNet val 10k (paper)")}
-    paths = write_table1(cfg.out, result, {**to_dict(cfg), "precision": precision}, measured_on, notes, published)
+    paths = write_table1(cfg.out, {**result, "rows": [asdict(r) for r in result["rows"]]},
+                         {**to_dict(cfg), "precision": precision}, measured_on, notes)
     result["paths"] = {k: str(v) for k, v in paths.items()}
     result["measured_on"] = measured_on
     return result

@@ -44,6 +44,7 @@ positives at one score), and the interval then sits mostly above the value; ``re
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,7 +56,7 @@ from xchannel.metrics.voc import (VOC07_RECALL_THRESHOLDS, ClassDetections, Grou
                                   match_detections)
 
 __all__ = ["BootstrapConfig", "Interval", "accuracy_difference_interval", "accuracy_interval", "chance_accuracy",
-           "chance_map", "classification_map_interval", "detection_map_interval", "expected_random_ap", "format_interval",
+           "chance_map", "classification_map_interval", "detection_map_interval", "expected_random_ap", "mean_std",
            "percentile_interval", "resample_counts", "segmentation_miu_interval", "separation"]
 
 #: Replicates per block in the vectorised scorers (bounds their memory: block x detections float64 arrays).
@@ -100,10 +101,6 @@ class Interval:
                               "seconds": round(self.seconds, 3), "replicate_mean": self.replicate_mean,
                               **({"undefined_replicates": self.undefined} if self.undefined else {})}}
 
-    def format(self, digits: int = 1) -> str:
-        """``mean ± half-width``, e.g. ``35.0 ± 7.2``."""
-        return f"{self.value:.{digits}f} ± {self.half_width:.{digits}f}"
-
 
 def _timed(fn: Callable) -> Callable:
     """Record in the returned :class:`Interval` (the first, for a tuple) the seconds ``fn`` took."""
@@ -119,15 +116,12 @@ def _timed(fn: Callable) -> Callable:
     return wrapper
 
 
-def format_interval(record: Mapping[str, Any] | None, value: float | None = None, digits: int = 1) -> str:
-    """``value ± half_width`` of an :meth:`Interval.to_dict` record (``value`` overrides the record's); the value
-    alone when there is no record."""
-    v = record["value"] if value is None and record else value
-    if v is None:
-        return "—"
-    if not record:
-        return f"{v:.{digits}f}"
-    return f"{v:.{digits}f} ± {record['half_width']:.{digits}f}"
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (0 for one value) of a statistic over repeated runs, e.g. the
+    top-1 of probes trained with several seeds."""
+    vals = [float(v) for v in values]
+    mean = sum(vals) / len(vals)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
 
 
 def resample_counts(n: int, config: BootstrapConfig = BootstrapConfig()) -> np.ndarray:

@@ -13,7 +13,7 @@ of :data:`BASELINE_RUNS`. Every encoder is prepared as for the paper's Table 2: 
 al.'s data-dependent rescaling (for the Gaussian network with their within-layer initialisation first, without
 which its activations vanish). The result JSON files go to ``results/demo/pascal/`` and Table 2 — the published
 rows beside ours, ours labelled "embedded" — to ``results/demo/table2.md``, ``.csv`` and ``.json``
-(:mod:`xchannel.pascal.table2`). Each run's wall-clock and CPU seconds (all threads of the process) are recorded
+(:mod:`xchannel.reports.table2`). Each run's wall-clock and CPU seconds (all threads of the process) are recorded
 in ``table2.json`` and in the stage's summary, with its headline's 95 % interval over the test images, what that
 bootstrap cost (``bootstrap_seconds``) and, for classification, the mAP of random scores on the same labels.
 """
@@ -31,8 +31,8 @@ from typing import Any
 
 from xchannel.errors import UserError
 from xchannel.pascal import TASK_MODULES
-from xchannel.pascal.record import TABLE2_COLUMNS, slug
-from xchannel.utils.io import atomic_write_json
+from xchannel.pascal.record import TABLE2_COLUMNS
+from xchannel.utils.io import atomic_write_json, slug
 
 #: The runs of each encoder: (task, classification layers); the baselines run a subset of them.
 ENCODER_RUNS: tuple[tuple[str, str], ...] = (("cls", "fc8"), ("cls", "fc6-8"), ("cls", "all"), ("det", ""),
@@ -109,7 +109,7 @@ def pascal_stage(ctx: Any, baselines: bool = True) -> dict:
     ``ctx`` is the demo's :class:`~xchannel.demo.DemoContext`: ``ctx.data`` holds the embedded data set,
     ``ctx.outputs["encoder_checkpoint"]`` the demo AlexNet, ``ctx.results`` receives the files.
     """
-    from xchannel.pascal.table2 import load_published, write_table2
+    from xchannel.reports.table2 import load_published, write_table2
 
     checkpoint = ctx.outputs.get("encoder_checkpoint")
     if not checkpoint:

@@ -7,14 +7,15 @@ description plus the preparation steps applied), ``data``, ``metrics``, ``histor
 from __future__ import annotations
 
 import datetime as _dt
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xchannel.pascal.prepare import PreparedEncoder
 from xchannel.utils.config import to_dict
-from xchannel.utils.io import atomic_write_json
+from xchannel.utils.io import atomic_write_json, slug
+
+if TYPE_CHECKING:  # an annotation only: the record format does not import the encoders
+    from xchannel.pascal.prepare import PreparedEncoder
 
 #: Table 2's columns: key -> (task, heading). Result records name theirs in ``table2_column``.
 TABLE2_COLUMNS: dict[str, tuple[str, str]] = {
@@ -31,10 +32,6 @@ def code_version() -> dict[str, Any]:
     from xchannel.probe.run import code_version as _code_version
 
     return _code_version()
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "encoder"
 
 
 def default_output(task: str, encoder_name: str, input_mode: str, suffix: str = "") -> Path:
@@ -81,4 +78,4 @@ def write_result(path: str | Path, record: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["TABLE2_COLUMNS", "code_version", "default_output", "result_record", "slug", "write_result"]
+__all__ = ["TABLE2_COLUMNS", "code_version", "default_output", "result_record", "write_result"]

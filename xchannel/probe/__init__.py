@@ -5,7 +5,7 @@
 
 from xchannel.probe.heads import LinearHead, ProbeHeads
 from xchannel.probe.protocols import PROTOCOLS, PoolSpec, Protocol, Schedule, get_protocol
-from xchannel.probe.run import ProbeConfig, fit_probe, format_dims, format_table, probe_dims, run_probe
+from xchannel.probe.run import ProbeConfig, fit_probe, format_dims, probe_dims, run_probe
 
 __all__ = ["PROTOCOLS", "LinearHead", "PoolSpec", "ProbeConfig", "ProbeHeads", "Protocol", "Schedule",
-           "fit_probe", "format_dims", "format_table", "get_protocol", "probe_dims", "run_probe"]
+           "fit_probe", "format_dims", "get_protocol", "probe_dims", "run_probe"]

@@ -46,8 +46,8 @@ def compare_rows(ours: dict, baseline: dict, name: str = "the trained encoder",
 
 
 def probe_stage(ctx) -> dict:
-    from xchannel.commands.plot import make_plot
-    from xchannel.probe.run import ProbeConfig, format_table, run_probe
+    from xchannel.probe.run import ProbeConfig, run_probe
+    from xchannel.reports.figure7 import demo_markdown, write_plot
 
     import shutil
 
@@ -58,7 +58,7 @@ def probe_stage(ctx) -> dict:
     shutil.copyfile(ctx.outputs["encoder_checkpoint"], ours)
     encoders = {"colorization (ours)": str(ours),
                 "Gaussian": f"gaussian:width={width}", "k-means": f"kmeans:width={width}"}
-    results, intervals, records, paths, tables = {}, {}, {}, [], []
+    results, intervals, records, paths = {}, {}, {}, []
     for label, spec in encoders.items():
         tag = label.split()[0].lower().replace("-", "")
         cfg = ProbeConfig(encoder=spec, data=str(ctx.data / "imagenet"), layers=["conv1", "conv2", "conv3", "conv4",
@@ -70,7 +70,6 @@ def probe_stage(ctx) -> dict:
         records[label] = res
         results[label] = {layer: res["layers"][layer]["top1"] for layer in res["layer_order"]}
         intervals[label] = {layer: res["layers"][layer]["top1_ci"] for layer in res["layer_order"]}
-        tables.append(f"{label}\n{format_table(res)}")
     t0 = time.perf_counter()
     comparison = compare_rows(records["colorization (ours)"], records["k-means"])
     compare_seconds = time.perf_counter() - t0
@@ -80,12 +79,7 @@ def probe_stage(ctx) -> dict:
         "data": f"embedded (xchannel make-data, seed {ctx.seed})", "top1": results, "top1_ci": intervals,
         "seeds": records["k-means"]["seeds"], "chance": chance, "protocol": cfg.protocol, "crop": CROP,
         "epochs": EPOCHS, "ours_vs_kmeans": comparison, "bootstrap_seconds": round(bootstrap_seconds, 3)})
-    verdicts = "\n".join(f"- {c['sentence']}" for c in comparison.values())
-    atomic_write_text(ctx.results / "figure7.md", "Linear probes on the embedded data set (top-1 %, val; mean over "
-                      "the head seeds ± half-width of the 95 % interval over images and seeds)\n\n```\n"
-                      + "\n\n".join(tables) + "\n```\n\n"
-                      "The trained colorization encoder (k-means initialised, then trained) against the k-means "
-                      "row (paired bootstrap over the same validation images, seeds drawn independently):\n\n" + verdicts + "\n")
-    make_plot("figure7", paths, ctx.results / "figure7.png")
+    atomic_write_text(ctx.results / "figure7.md", demo_markdown(records, comparison))
+    write_plot(paths, ctx.results / "figure7.png")
     return {"top1": results, "top1_ci": intervals, "ours_vs_kmeans": {k: c["verdict"] for k, c in comparison.items()},
             "bootstrap_seconds": round(bootstrap_seconds, 3)}

@@ -2,7 +2,7 @@
 
 Fig. 7 of the paper freezes a network and trains one linear classifier per layer on ImageNet. The paper's text
 says "Features are average-pooled, with equal kernel and stride sizes, until feature dimensionality is below 10k";
-the numbers behind the figure (printed in the split-brain paper's Table 2, which ``benchmarks/published/
+the numbers behind the figure (printed in the split-brain paper's Table 2, which ``xchannel/reports/published/
 figure7.json`` holds) come from the authors' released probe, which resizes the maps instead. The rules give
 different numbers, so each is a named preset:
 

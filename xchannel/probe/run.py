@@ -60,11 +60,11 @@ from xchannel.data.screen import screen_samples
 from xchannel.errors import UserError
 from xchannel.features.cache import FeatureCache, file_list_fingerprint
 from xchannel.features.encoders import Encoder, load_encoder, parse_spec
-from xchannel.metrics.uncertainty import BootstrapConfig, accuracy_interval, chance_accuracy, format_interval
+from xchannel.metrics.uncertainty import BootstrapConfig, accuracy_interval, chance_accuracy
 from xchannel.probe.heads import ProbeHeads
 from xchannel.probe.protocols import DEFAULT_PROTOCOL, PoolSpec, Protocol, Schedule, get_protocol
 from xchannel.utils.config import to_dict
-from xchannel.utils.io import atomic_write_json
+from xchannel.utils.io import atomic_write_json, slug
 
 TEN_CROP_VIEWS = 10
 IMAGENET_WNID = re.compile(r"^n\d{8}$")
@@ -505,8 +505,7 @@ def code_version() -> dict[str, Any]:
 
 
 def default_output(cfg: ProbeConfig, encoder_name: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder_name).strip("-") or "encoder"
-    return Path("results") / "probe" / f"{slug}_{cfg.protocol}.json"
+    return Path("results") / "probe" / f"{slug(encoder_name)}_{cfg.protocol}.json"
 
 
 def build_encoder(cfg: ProbeConfig, data_root: Path | None = None,
@@ -680,22 +679,6 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None) -> dict[str, Any
     return fit_probe(cfg, encoder)[0]
 
 
-def format_table(result: Mapping[str, Any]) -> str:
-    """One line per layer: pooled shape, dimension, top-1 (mean over seeds ± the half-width of its 95 % interval)
-    and top-5 (%); then the seeds and the chance level."""
-    lines = [f"{'layer':<8} {'pooled shape':<14} {'dim':>6} {'top-1 (95% CI)':>15} {'top-5':>7}"]
-    for layer in result["layer_order"]:
-        r = result["layers"][layer]
-        shape = "x".join(str(s) for s in r["shape"])
-        top1 = format_interval(r.get("top1_ci"), r["top1"])
-        lines.append(f"{layer:<8} {shape:<14} {r['dim']:>6} {top1:>15} {r['top5']:>7.2f}")
-    if "chance" in result:
-        seeds = result.get("seeds", [])
-        lines.append(f"{len(seeds)} head seed(s) {seeds}; chance top-1 {result['chance']['uniform']:.1f} "
-                     f"(uniform), {result['chance']['majority']:.1f} (majority class)")
-    return "\n".join(lines)
-
-
 def format_dims(dims: Mapping[str, Mapping[str, Any]]) -> str:
     """One line per layer: activation shape -> pooled shape, dimension, pooling."""
     lines = [f"{'layer':<8} {'activation':<14} {'pooled':<12} {'dim':>6}  pooling"]
@@ -706,6 +689,6 @@ def format_dims(dims: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 __all__ = ["ProbeConfig", "PooledFeatures", "TenCrop", "build_encoder", "code_version", "fit_probe", "format_dims",
-           "format_table", "layer_shapes", "pack_hits", "pool_specs", "probe_dims", "resolve_layers", "run_probe",
+           "layer_shapes", "pack_hits", "pool_specs", "probe_dims", "resolve_layers", "run_probe",
            "top1_hits", "unpack_hits"]
 

@@ -1,4 +1,4 @@
-"""Atomic writes and safe loading.
+"""Atomic writes, safe loading, and file names made from text (:func:`slug`).
 
 Every checkpoint and result goes through :func:`atomic_write` so that a crash, a SIGKILL or a full disk in the
 middle of a write leaves the previous file intact: the data goes to a temporary file in the same folder, is
@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -95,6 +96,12 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise UserError(f"{path}: not a readable PyTorch file ({err})") from err
+
+
+def slug(text: Any) -> str:
+    """``text`` as a file name: every run of characters other than letters, digits, ``.``, ``_`` and ``-`` becomes
+    one ``-`` (``"encoder"`` when nothing is left)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "encoder"
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -4,8 +4,8 @@ Columns (:data:`xchannel.pascal.record.TABLE2_COLUMNS`): classification with fc8
 (% mAP, VOC2007), detection (% mAP, VOC2007, Fast R-CNN) and segmentation (% mIU, FCN; the paper's "VOC 2012"
 column, which its authors ran on SBD train -> VOC2011 seg11valid).
 
-* **Published rows**: the paper's Table 2 as stored, with its source, in ``benchmarks/published/table2.json``
-  (read with the loader of ``benchmarks/published``): ImageNet, Gaussian, Autoencoder, k-means, Agrawal et al.,
+* **Published rows**: the paper's Table 2 as stored, with its source, in ``published/table2.json``
+  (:mod:`xchannel.reports.published`): ImageNet, Gaussian, Autoencoder, k-means, Agrawal et al.,
   Wang & Gupta, Doersch et al.*, Pathak et al.*, Donahue et al.*, Ours (gray), Ours (color).
 * **Measured rows**: one per encoder, input mode and data set, from the result JSON files the PASCAL tasks write
   (``kind: "pascal"``; each names its column in ``table2_column`` and its number in ``headline.value``). Results of
@@ -23,9 +23,6 @@ row per data set, the mAP of random scores on its test labels (``headline.chance
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from xchannel.errors import UserError
-from xchannel.metrics.uncertainty import format_interval
 from xchannel.pascal.record import TABLE2_COLUMNS
+from xchannel.reports import published as published_numbers
+from xchannel.reports.format import MISSING, csv_text, interval, markdown_row, number, value_range
+from xchannel.reports.results import read_result
 from xchannel.utils.io import atomic_write_text
 
-MISSING = "—"
 COLUMNS: tuple[str, ...] = tuple(TABLE2_COLUMNS)
 
 
@@ -60,15 +58,12 @@ class MeasuredRow:
     superseded: list[str] = field(default_factory=list)
 
 
-def load_published() -> dict[str, Any] | None:
-    """The stored Table 2 (``benchmarks/published/table2.json``), or None when the ``benchmarks`` folder is not
-    available (an installed copy without the repository)."""
-    from xchannel.commands.plot import published_numbers
-
-    data = published_numbers("table2")
-    if data is not None and list(data["columns"]) != list(COLUMNS):
-        raise UserError(f"benchmarks/published/table2.json: columns {data['columns']} differ from Table 2's "
-                        f"{list(COLUMNS)}")
+def load_published() -> dict[str, Any]:
+    """The paper's Table 2 (``published/table2.json``), its columns checked against :data:`COLUMNS`."""
+    data = published_numbers.load("table2")
+    if list(data["columns"]) != list(COLUMNS):
+        raise published_numbers.PublishedError(f"published table2: columns {data['columns']} differ from Table 2's "
+                                               f"{list(COLUMNS)}")
     return data
 
 
@@ -92,24 +87,17 @@ def read_results(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
     results = []
     for path, found in _result_files(paths):
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            data = read_result(path, "pascal", "PASCAL task", "xchannel pascal cls|det|seg")
+        except UserError:
             if found:
                 continue
-            raise UserError(f"{path}: not a readable JSON result ({err})") from None
-        if not isinstance(data, dict) or data.get("kind") != "pascal":
-            if found:
-                continue
-            kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
-            raise UserError(f"{path}: not a PASCAL task result (kind {kind!r}; expected 'pascal', written by "
-                            f"xchannel pascal cls|det|seg)")
+            raise
         column = data.get("table2_column")
         value = (data.get("headline") or {}).get("value")
         row = data.get("row")
         if column not in TABLE2_COLUMNS or not isinstance(value, (int, float)) or not isinstance(row, Mapping):
             raise UserError(f"{path}: a PASCAL result needs 'table2_column' (one of {', '.join(COLUMNS)}), a "
                             f"numeric 'headline.value' and a 'row' record")
-        data["_path"] = str(path)
         results.append(data)
     return results
 
@@ -148,15 +136,11 @@ def measured_rows(results: Sequence[Mapping[str, Any]]) -> list[MeasuredRow]:
     return list(rows.values())
 
 
-def _fmt(v: float | None) -> str:
-    return MISSING if v is None else f"{v:.1f}"
-
-
 def _cell(row: MeasuredRow, column: str) -> str:
     """A measured value, ``mean ± half-width`` of its 95 % interval where the result recorded one."""
     if column not in row.values:
         return MISSING
-    return format_interval(row.intervals.get(column), row.values[column])
+    return interval(row.intervals.get(column), row.values[column])
 
 
 def chance_rows(rows: Sequence[MeasuredRow]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -169,35 +153,28 @@ def chance_rows(rows: Sequence[MeasuredRow]) -> dict[str, dict[str, dict[str, An
     return out
 
 
-def render_markdown(published: Mapping[str, Any] | None, rows: Sequence[MeasuredRow]) -> str:
+def render_markdown(published: Mapping[str, Any], rows: Sequence[MeasuredRow]) -> str:
     """The table as markdown: published rows, then measured rows, then notes (sources, data sets, files)."""
     heads = [TABLE2_COLUMNS[c][1] for c in COLUMNS]
     lines = ["# Table 2: task and data set generalization on PASCAL", "",
-             "| Method | Input | Data | " + " | ".join(heads) + " |",
-             "|---|---|---|" + "---:|" * len(COLUMNS)]
-    if published is not None:
-        for r in published["rows"]:
-            vals = " | ".join(_fmt(v) for v in r["values"])
-            lines.append(f"| {r['name']} | {r.get('input', MISSING)} | {published.get('dataset', 'PASCAL VOC')}, "
-                         f"published | {vals} |")
+             markdown_row(["Method", "Input", "Data", *heads]), "|---|---|---|" + "---:|" * len(COLUMNS)]
+    for r in published["rows"]:
+        lines.append(markdown_row([r["name"], r.get("input", MISSING),
+                                   f"{published.get('dataset', 'PASCAL VOC')}, published",
+                                   *(number(v) for v in r["values"])]))
     for k, row in enumerate(rows, 1):
-        vals = " | ".join(_cell(row, c) for c in COLUMNS)
-        lines.append(f"| **{row.label}** (measured) [m{k}] | {row.input_mode or MISSING} | {row.dataset}, "
-                     f"measured | {vals} |")
+        lines.append(markdown_row([f"**{row.label}** (measured) [m{k}]", row.input_mode or MISSING,
+                                   f"{row.dataset}, measured", *(_cell(row, c) for c in COLUMNS)]))
     chance = chance_rows(rows)
     for dataset, cols in chance.items():
-        vals = " | ".join(f"{cols[c]['mean']:.1f} [{cols[c]['range95'][0]:.1f}, {cols[c]['range95'][1]:.1f}]"
-                          if c in cols else MISSING for c in COLUMNS)
-        lines.append(f"| random scores (chance) | {MISSING} | {dataset}, measured | {vals} |")
-    lines.append("")
-    if published is not None:
-        lines += [f"Published rows: {published['source']}. "
-                  "* = only a subset of the AlexNet layers was pre-trained, the rest initialised with "
-                  "Krähenbühl et al.'s k-means scheme [36]. " + MISSING + " = not reported.", ""]
-        if published.get("notes"):
-            lines += [f"Notes on the published numbers: {published['notes']}", ""]
-    else:
-        lines += ["(The published rows are not available: benchmarks/published/table2.json was not found.)", ""]
+        lines.append(markdown_row(["random scores (chance)", MISSING, f"{dataset}, measured",
+                                   *(value_range(cols[c]["mean"], *cols[c]["range95"]) if c in cols else MISSING
+                                     for c in COLUMNS)]))
+    lines += ["", f"Published rows: {published['source']}. "
+              "* = only a subset of the AlexNet layers was pre-trained, the rest initialised with "
+              "Krähenbühl et al.'s k-means scheme [36]. " + MISSING + " = not reported.", ""]
+    if published.get("notes"):
+        lines += [f"Notes on the published numbers: {published['notes']}", ""]
     if rows:
         datasets = sorted({r.dataset for r in rows})
         lines.append("Measured rows (this code), on: " + ", ".join(datasets) + ".")
@@ -223,27 +200,25 @@ def render_markdown(published: Mapping[str, Any] | None, rows: Sequence[Measured
     return "\n".join(lines)
 
 
-def render_csv(published: Mapping[str, Any] | None, rows: Sequence[MeasuredRow]) -> str:
-    """The table as CSV: ``kind`` (published / measured), ``method``, ``input``, ``dataset``, ``spec``, the five
-    columns (empty when missing), ``source`` (the paper, or the result files)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["kind", "method", "input", "dataset", "spec", *COLUMNS, "source",
-                *(f"{c}_half_width" for c in COLUMNS)])
-    if published is not None:
-        for r in published["rows"]:
-            w.writerow(["published", r["name"], r.get("input", ""), published.get("dataset", "PASCAL VOC"), "",
-                        *("" if v is None else f"{v:.1f}" for v in r["values"]), published["source"],
-                        *("" for _ in COLUMNS)])
+def render_csv(published: Mapping[str, Any], rows: Sequence[MeasuredRow]) -> str:
+    """The table as CSV: ``kind`` (published / measured / chance), ``method``, ``input``, ``dataset``, ``spec``, the
+    five columns (empty when missing), ``source`` (the paper, or the result files), then each column's half-width
+    of its 95 % interval."""
+    table = [["kind", "method", "input", "dataset", "spec", *COLUMNS, "source", *(f"{c}_half_width" for c in COLUMNS)]]
+    for r in published["rows"]:
+        table.append(["published", r["name"], r.get("input", ""), published.get("dataset", "PASCAL VOC"), "",
+                      *(number(v, missing="") for v in r["values"]), published["source"], *("" for _ in COLUMNS)])
     for row in rows:
-        w.writerow(["measured", row.label, row.input_mode, row.dataset, row.spec,
-                    *("" if c not in row.values else f"{row.values[c]:.2f}" for c in COLUMNS),
-                    "; ".join(f"{c}={row.sources[c]}" for c in COLUMNS if c in row.sources),
-                    *("" if c not in row.intervals else f"{row.intervals[c]['half_width']:.2f}" for c in COLUMNS)])
+        table.append(["measured", row.label, row.input_mode, row.dataset, row.spec,
+                      *(number(row.values.get(c), 2, missing="") for c in COLUMNS),
+                      "; ".join(f"{c}={row.sources[c]}" for c in COLUMNS if c in row.sources),
+                      *(number(row.intervals[c]["half_width"] if c in row.intervals else None, 2, missing="")
+                        for c in COLUMNS)])
     for dataset, cols in chance_rows(rows).items():
-        w.writerow(["chance", "random scores", "", dataset, "",
-                    *("" if c not in cols else f"{cols[c]['mean']:.2f}" for c in COLUMNS), cols[next(iter(cols))]["label"]])
-    return buf.getvalue()
+        table.append(["chance", "random scores", "", dataset, "",
+                      *(number(cols[c]["mean"] if c in cols else None, 2, missing="") for c in COLUMNS),
+                      cols[next(iter(cols))]["label"]])
+    return csv_text(table)
 
 
 def write_table2(result_paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -259,5 +234,5 @@ def write_table2(result_paths: Iterable[str | os.PathLike], out_dir: str | os.Pa
             "csv_path": str(out / "table2.csv"), "rows": rows}
 
 
-__all__ = ["COLUMNS", "MISSING", "MeasuredRow", "chance_rows", "load_published", "measured_rows", "read_results", "render_csv",
+__all__ = ["COLUMNS", "MeasuredRow", "chance_rows", "load_published", "measured_rows", "read_results", "render_csv",
            "render_markdown", "write_table2"]

@@ -1,6 +1,7 @@
-"""Published numbers the benchmarks compare against, one JSON file per figure or table, with their sources.
+"""The published numbers the reports put beside ours: one JSON file per figure or table, with their sources.
 
-Each file ``<id>.json`` holds::
+The files are package data of :mod:`xchannel.reports.published` (``xchannel/reports/published/<id>.json``), read
+with :mod:`importlib.resources`, so an installed copy has them as well as a checkout. Each file holds::
 
     {"id": "figure7", "title": "...", "metric": "top1", "unit": "%", "dataset": "imagenet",
      "columns": ["conv1", ...],                       # the x axis of a figure, the columns of a table
@@ -8,34 +9,42 @@ Each file ``<id>.json`` holds::
      "rows": [{"name": "...", "values": [13.1, ...],  # one value per column; null where the paper has none
                "source": "...", ...}]}                # optional per-row source and attributes (e.g. "input")
 
-Adding a figure or table is adding one file; :func:`load` validates it. Pure standard library, so the plotting and
-reporting code can read these without importing the benchmarks.
+Adding a figure or table is adding one file; :func:`load` validates it.
 """
 
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-HERE = Path(__file__).resolve().parent
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 REQUIRED = ("id", "title", "metric", "columns", "source", "rows")
 
 
 class PublishedError(ValueError):
-    """A malformed published-numbers file (the message names the file and the problem)."""
+    """A malformed or unknown published-numbers file (the message names the file and the problem)."""
 
 
-def available() -> list[str]:
+def folder() -> Traversable:
+    """Where the published numbers are stored (inside the installed package)."""
+    return resources.files(__name__)
+
+
+def available(where: Traversable | Path | None = None) -> list[str]:
     """Ids of the stored figures and tables."""
-    return sorted(p.stem for p in HERE.glob("*.json"))
+    return sorted(p.name[:-5] for p in (where or folder()).iterdir() if p.name.endswith(".json"))
 
 
-def load(name: str, folder: str | Path | None = None) -> dict[str, Any]:
-    """The published numbers ``name`` (e.g. ``"figure7"``), validated."""
-    path = Path(folder or HERE) / f"{name}.json"
+def load(name: str, where: Traversable | Path | None = None) -> dict[str, Any]:
+    """The published numbers ``name`` (e.g. ``"figure7"``), validated; ``where``: another folder of such files."""
+    where = where or folder()
+    path = where.joinpath(f"{name}.json")
     if not path.is_file():
-        raise PublishedError(f"{path}: no published numbers {name!r}; available: {', '.join(available())}")
+        raise PublishedError(f"{path}: no published numbers {name!r}; available: {', '.join(available(where))}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -64,4 +73,4 @@ def series(name: str) -> dict[str, dict[str, float]]:
             for row in data["rows"]}
 
 
-__all__ = ["PublishedError", "available", "load", "series"]
+__all__ = ["PublishedError", "available", "folder", "load", "series"]

@@ -1,0 +1,154 @@
+"""``xchannel report SWEEP_DIR``: a sweep's results as the paper's figures and tables, published numbers beside ours.
+
+What is written to the output folder (default ``results/<sweep name>/``), each file atomically:
+
+``figure7.png``, ``figure7.md``, ``figure7.csv``
+    From the ``probe`` jobs (Fig. 7: linear classification on frozen layers), by
+    :func:`xchannel.reports.figure7.write_figure7`. Results of the same encoder, input mode, data set and protocol
+    are merged into one line: layers probed by separate jobs are joined, and repeated seeds are averaged (the
+    standard deviation over seeds is kept). The merged records are written to ``figure7/<encoder>_<input>.json``
+    and drawn as ``xchannel plot figure7`` draws them, with the published ImageNet numbers overlaid when the data
+    set is ImageNet. The table lists the published rows and ours.
+``table2.md``, ``table2.csv``
+    From the PASCAL jobs (``pascal-cls``/``pascal-det``/``pascal-seg``), by
+    :func:`xchannel.reports.table2.write_table2`: the published Table 2 rows, then one measured row per encoder and
+    input mode.
+``training.md``
+    From the ``train`` jobs: steps, loss at the first and last step, validation numbers, throughput.
+``jobs.csv``, ``README.md``
+    Every job of the sweep with its state and headline number; what was made, and which jobs are still missing
+    or failed (a report of a sweep that has not finished says so: it is made from the results that exist).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from xchannel.errors import UserError
+from xchannel.reports.figure7 import write_figure7
+from xchannel.reports.format import MISSING, csv_text, markdown_row, number
+from xchannel.reports.table2 import write_table2
+from xchannel.sweep.jobs import RUN_DIR, read_result
+from xchannel.sweep.runner import JobStatus, job_states, load_sweep, result_summary
+from xchannel.sweep.spec import Job, Sweep
+from xchannel.utils.io import atomic_write_json, atomic_write_text
+
+PASCAL_KINDS = ("pascal-cls", "pascal-det", "pascal-seg")
+
+
+def default_output(sweep: Sweep) -> Path:
+    """``results/<sweep name>``."""
+    return Path("results") / sweep.name
+
+
+def collect(sweep: Sweep, sweep_dir: Path) -> list[tuple[Job, dict[str, Any]]]:
+    """(job, result record) of every finished job, in spec order."""
+    out = []
+    for job in sweep.jobs:
+        record = read_result(Path(sweep_dir) / job.id)
+        if record is not None and isinstance(record.get("result"), dict):
+            out.append((job, record))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training and the job list
+
+
+def training_table(records: Sequence[tuple[Job, Mapping[str, Any]]]) -> str:
+    """``training.md``: one row per finished training job (steps, loss, validation numbers, throughput)."""
+    lines = ["# Training jobs", "", "| job | steps | loss (first → last) | validation | images/s | processes |",
+             "|---|---:|---|---|---:|---:|"]
+    for job, rec in records:
+        r = rec["result"]
+        first, last = r.get("first_loss"), r.get("last_loss")
+        loss = f"{first:.4f} → {last:.4f}" if isinstance(first, (int, float)) and isinstance(last, (int, float)) \
+            else MISSING
+        val = r.get("val") or {}
+        val_text = ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3f}"
+                             for k, v in val.items() if isinstance(v, (int, float))) or MISSING
+        ips = r.get("images_per_s")
+        lines.append(markdown_row([job.id, str(r.get("step", MISSING)), loss, val_text,
+                                   number(ips if isinstance(ips, (int, float)) else None),
+                                   str(r.get("world_size", 1))]))
+    return "\n".join(lines) + "\n"
+
+
+def jobs_csv(sweep: Sweep, statuses: Sequence[JobStatus]) -> str:
+    """``jobs.csv``: every job with its labels, state, attempts and headline."""
+    axes = list(dict.fromkeys(a for job in sweep.jobs for a in job.labels))
+    return csv_text([["job", "kind", "tag", *axes, "state", "attempts", "summary"]]
+                    + [[job.id, job.kind, job.tag, *(job.labels.get(a, "") for a in axes), st.state, st.attempts,
+                        st.detail] for job, st in zip(sweep.jobs, statuses)])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The report
+
+
+def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Collect the results of the sweep in ``sweep_dir`` into ``out`` (default ``results/<sweep name>/``); see the
+    module docstring. Returns what was written and what could not be made."""
+    sweep_dir = Path(sweep_dir)
+    sweep = load_sweep(sweep_dir)
+    out = Path(out) if out is not None else default_output(sweep)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    statuses = job_states(sweep, sweep_dir)
+    records = collect(sweep, sweep_dir)
+    by_kind: dict[str, list[tuple[Job, dict[str, Any]]]] = {}
+    for job, rec in records:
+        by_kind.setdefault(job.kind, []).append((job, rec))
+    made: dict[str, Any] = {}
+    notes: list[str] = []
+
+    probes = [rec["result"] for _, rec in by_kind.get("probe", [])]
+    if probes:
+        made["figure7"] = write_figure7(probes, out)
+    elif "figure7" in sweep.report:
+        notes.append("figure7: no finished probe job yet")
+
+    pascal = [(job, rec) for kind in PASCAL_KINDS for job, rec in by_kind.get(kind, [])]
+    if pascal:
+        files = []
+        for job, rec in pascal:
+            own = rec["result"].get("output")
+            path = Path(own) if own and Path(own).is_file() else None
+            if path is None:  # the task's own file is gone: write its record next to the job's result
+                path = sweep_dir / job.id / RUN_DIR / "table2-record.json"
+                atomic_write_json(path, rec["result"])
+            files.append(path)
+        t2 = write_table2(files, out)
+        made["table2"] = {"markdown": t2["markdown_path"], "csv": t2["csv_path"], "rows": len(t2["rows"])}
+    elif "table2" in sweep.report:
+        notes.append("table2: no finished PASCAL job yet")
+
+    if by_kind.get("train"):
+        atomic_write_text(out / "training.md", training_table(by_kind["train"]))
+        made["training"] = {"markdown": str(out / "training.md"), "jobs": len(by_kind["train"])}
+
+    atomic_write_text(out / "jobs.csv", jobs_csv(sweep, statuses))
+    counts = {s: sum(st.state == s for st in statuses) for s in ("done", "running", "pending", "failed", "missing")}
+    unfinished = [st for st in statuses if st.state != "done"]
+    readme = [f"# Sweep {sweep.name}", ""] + ([sweep.description, ""] if sweep.description else []) + [
+              f"Made by `xchannel report {sweep_dir}` from {counts['done']} of {len(statuses)} finished jobs "
+              f"(" + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ").", ""]
+    for name, info in made.items():
+        files = [v for k, v in info.items() if k in ("plot", "markdown", "csv")]
+        readme.append(f"- {name}: " + ", ".join(f"`{Path(f).name}`" for f in files))
+    readme.append("- jobs.csv: every job, its state and headline number")
+    if notes:
+        readme += ["", "Not made:"] + [f"- {n}" for n in notes]
+    if unfinished:
+        readme += ["", "Jobs without a result (the report leaves them out):"]
+        readme += [f"- {st.id}: {st.state}" + (f" ({st.detail})" if st.detail else "") for st in unfinished]
+    atomic_write_text(out / "README.md", "\n".join(readme).replace("\n\n\n", "\n\n") + "\n")
+    if not records:
+        notes.append("no job of this sweep has finished: only jobs.csv and README.md were written")
+    return {"sweep": sweep.name, "out": str(out), "made": made, "notes": notes, "counts": counts,
+            "summaries": {job.id: result_summary(rec) for job, rec in records}}
+
+
+__all__ = ["collect", "default_output", "jobs_csv", "training_table", "write_report"]
