@@ -64,6 +64,7 @@ TINY_TASKS: dict[str, dict] = {
                "pretext": {"tile": 24, "permutations": 10}},
     "context": {"model": {"name": "alexnet", "width": 0.125}, "data": {"crop": 96},
                 "pretext": {"patch": 24, "jitter": 2}},
+    "instance": {"model": {"name": "alexnet", "width": 0.0625}, "data": {"crop": 227}, "pretext": {"negatives": 16}},
 }
 
 

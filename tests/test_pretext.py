@@ -61,7 +61,7 @@ def _config(tmp: Path, images: Path, task: str, **over) -> TrainConfig:
 VALIDATION = {"colorization": ("auc", "gray_auc"), "rotation": ("accuracy", "chance"),
               "supervised": ("accuracy", "chance"), "autoencoder": ("l2", "chance_l2"),
               "splitbrain": ("L_to_ab_accuracy", "L_to_ab_chance"), "jigsaw": ("accuracy", "chance"),
-              "context": ("accuracy", "chance")}
+              "context": ("accuracy", "chance"), "instance": ("knn_accuracy", "chance")}
 
 #: the stages each task trains (and the benchmarks read as trained), and the heads its checkpoint holds
 ALL_STAGES = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]

@@ -18,6 +18,7 @@ TASKS: dict[str, str] = {
     "splitbrain": "xchannel.pretext.splitbrain:SplitBrainTask",
     "jigsaw": "xchannel.pretext.jigsaw:JigsawTask",
     "context": "xchannel.pretext.context:ContextTask",
+    "instance": "xchannel.pretext.instance:InstanceTask",
 }
 
 

@@ -91,3 +91,12 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(c)] for p, c in zip(parts, counts)])
+
+
+def mean_over_processes(value: float, device: torch.device) -> float:
+    """The mean of ``value`` over the processes of the group (``value`` itself outside one)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()

@@ -304,7 +304,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
     resize = cfg.data.resize or cfg.data.crop
     if resize < cfg.data.crop:
         raise UserError(f"data.resize ({resize}) is smaller than data.crop ({cfg.data.crop})")
-    train_set = open_images(cfg.data.train, RandomCropMirror(cfg.data.crop, resize=resize))
+    scale = cfg.data.scale
+    if scale is not None and not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise UserError(f"data.scale must be [lo, hi] with 0 < lo <= hi <= 1, got {list(scale)}")
+    train_set = open_images(cfg.data.train, RandomCropMirror(cfg.data.crop, resize=resize, scale=scale))
     val_set = None
     if cfg.data.val:
         val_set = open_images(cfg.data.val, ResizeCenterCrop(cfg.data.crop, resize=resize))
