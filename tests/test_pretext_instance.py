@@ -7,6 +7,7 @@ the export the benchmarks read.
   h = P / (P + K / N), P = exp(v . f / tau) / Z, against a hand computation in plain Python; the softmax over the
   whole bank and over sampled rows against -log of the own row's share;
 * the weighted kNN votes exp(s / tau) per neighbour's class (a hand case where the plain majority is wrong);
+* the colour jitter is torchvision's brightness, contrast and saturation with the factors drawn from the step;
 * every item's ``index`` is its position in the run's (screened) training list, so the bank row is the image's;
 * a run stopped after its step-2 checkpoint, in the middle of step 3, and resumed ends on the very weights, banks
   and Z of the uninterrupted run (NPID with NCE, CMC with two banks);
@@ -105,6 +106,22 @@ def test_weighted_knn_votes_with_exp_similarity_over_temperature():
     assert M.weighted_knn(sim, labels, k=4, temperature=10.0, classes=2).tolist() == [0]  # nearly a plain vote
     assert M.weighted_knn(sim, torch.tensor([-1, 0, 0, 0, 1]), k=4, temperature=0.1, classes=2).tolist() == [0]
     assert M.majority_share(torch.tensor([0, 1, 1, -1, 1])) == 0.75
+
+
+def test_colour_jitter_is_torchvisions_brightness_contrast_saturation_with_the_drawn_factors():
+    from torchvision.transforms import functional as TF
+
+    from xchannel.pretext.augment import colour_jitter
+
+    rgb = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    got = colour_jitter(rgb, 0.4, torch.Generator().manual_seed(1))
+    f = 1 + (torch.rand((3, 3, 1, 1, 1), generator=torch.Generator().manual_seed(1)) * 2 - 1) * 0.4
+    for i in range(3):
+        want = TF.adjust_brightness(rgb[i], float(f[0, i]))
+        want = TF.adjust_contrast(want, float(f[1, i]))
+        want = TF.adjust_saturation(want, float(f[2, i]))
+        torch.testing.assert_close(got[i], want, rtol=0, atol=2e-6)
+    assert torch.equal(colour_jitter(rgb, 0.0, None), rgb)
 
 
 def _task(*sets: str, width: float = 0.0625) -> InstanceTask:

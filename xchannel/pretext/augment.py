@@ -24,8 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-#: sRGB luma weights of torchvision's rgb_to_grayscale (ITU-R BT.601), used by the saturation jitter
-LUMA = (0.299, 0.587, 0.114)
+#: luma weights of torchvision's rgb_to_grayscale (ITU-R BT.601, R rounded as there), for contrast and saturation
+LUMA = (0.2989, 0.587, 0.114)
 GREEN_MAGENTA = (-1.0, 2.0, -1.0)
 
 
@@ -90,9 +90,9 @@ def colour_jitter(rgb: torch.Tensor, strength: float, gen: torch.Generator | Non
         return rgb
     n = rgb.shape[0]
     f = 1 + (torch.rand((3, n, 1, 1, 1), generator=gen, device=rgb.device) * 2 - 1) * strength
-    luma_w = torch.tensor(LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    x = (rgb * f[0]).clamp(0.0, 1.0)
-    mean = (x * luma_w).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-    x = (f[1] * x + (1 - f[1]) * mean).clamp(0.0, 1.0)
-    luma = (x * luma_w).sum(1, keepdim=True)
-    return (f[2] * x + (1 - f[2]) * luma).clamp(0.0, 1.0)
+    weights = torch.tensor(LUMA, dtype=rgb.dtype, device=rgb.device)
+    x = (rgb * f[0]).clamp_(0.0, 1.0)  # one copy, then in place: these are whole-batch passes
+    mean = torch.einsum("nchw,c->n", x, weights).view(n, 1, 1, 1) / (x.shape[2] * x.shape[3])
+    x.mul_(f[1]).add_((1 - f[1]) * mean).clamp_(0.0, 1.0)
+    luma = torch.einsum("nchw,c->nhw", x, weights).unsqueeze(1)
+    return x.mul_(f[2]).add_((1 - f[2]) * luma).clamp_(0.0, 1.0)
