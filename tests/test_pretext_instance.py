@@ -7,7 +7,8 @@ the export the benchmarks read.
   h = P / (P + K / N), P = exp(v . f / tau) / Z, against a hand computation in plain Python; the softmax over the
   whole bank and over sampled rows against -log of the own row's share;
 * the weighted kNN votes exp(s / tau) per neighbour's class (a hand case where the plain majority is wrong);
-* the colour jitter is torchvision's brightness, contrast and saturation with the factors drawn from the step;
+* the colour jitter is torchvision's brightness, contrast and saturation with the factors drawn from the step; the
+  random-resized training crop (``data.scale``) covers the asked share of the image;
 * every item's ``index`` is its position in the run's (screened) training list, so the bank row is the image's;
 * a run stopped after its step-2 checkpoint, in the middle of step 3, and resumed ends on the very weights, banks
   and Z of the uninterrupted run (NPID with NCE, CMC with two banks);
@@ -122,6 +123,30 @@ def test_colour_jitter_is_torchvisions_brightness_contrast_saturation_with_the_d
         want = TF.adjust_saturation(want, float(f[2, i]))
         torch.testing.assert_close(got[i], want, rtol=0, atol=2e-6)
     assert torch.equal(colour_jitter(rgb, 0.0, None), rgb)
+
+
+def test_random_resized_training_crop_covers_the_asked_share_of_the_image():
+    from PIL import Image
+
+    from xchannel.data.images import RandomCropMirror
+
+    rows = torch.arange(90).view(90, 1).expand(90, 90)
+    img = Image.fromarray(torch.stack([rows, rows.T, torch.zeros_like(rows)], -1).to(torch.uint8).numpy())
+    whole = RandomCropMirror(30, scale=(1.0, 1.0), mirror=False)
+    torch.manual_seed(0)
+    out = whole(img).long()  # all of the image, scaled to 30 px: rows and columns 0 ... 89 in 3 px steps
+    assert out.shape == (3, 30, 30) and abs(int(out[0, 0, 0]) - 1) <= 1 and abs(int(out[0, -1, 0]) - 88) <= 1
+    part = RandomCropMirror(30, scale=(0.1, 0.1), mirror=False)
+    for seed in range(5):  # a tenth of the area: the box spans about sqrt(0.1 x 90^2 x r) rows for r in 3/4 ... 4/3
+        torch.manual_seed(seed)
+        crop = part(img).long()
+        span_rows = int(crop[0, -1, 0] - crop[0, 0, 0]) + 1
+        span_cols = int(crop[1, 0, -1] - crop[1, 0, 0]) + 1
+        assert 0.1 * 0.8 <= span_rows * span_cols / 90 ** 2 <= 0.1 * 1.25, (span_rows, span_cols)
+        torch.manual_seed(seed)
+        assert torch.equal(part(img).long(), crop)  # the item's seeded generator decides
+    with pytest.raises(ValueError, match="area share"):
+        RandomCropMirror(30, scale=(0.5, 0.2))
 
 
 def _task(*sets: str, width: float = 0.0625) -> InstanceTask:
