@@ -9,8 +9,9 @@ What it guarantees:
 * **Resumable to the bit.** The data order and each image's augmentation are functions of (seed, step): the sampler
   restarts at any step, and every item's crop and mirror come from a generator seeded by (seed, epoch, position).
   A checkpoint holds the model, optimiser, scheduler and RNG states and the task's own state (``task_state``: a
-  memory bank, a permutation set); writing one draws nothing from the run's random streams. With ``deterministic=True`` a run killed at any
-  moment (SIGKILL included) and resumed with ``--resume`` ends with the same weights as an uninterrupted run.
+  memory bank, a permutation set); writing one draws nothing from the run's random streams. With
+  ``deterministic=True`` a run killed at any moment (SIGKILL included) and resumed with ``--resume`` ends with the
+  same weights as an uninterrupted run.
 * **Bad files change nothing.** With ``data.screen`` (the default) every training and validation file is checked
   before the data order is drawn (:mod:`xchannel.data.screen`); the unusable ones are left out of the order, named
   in the log and counted in the summary, so a folder holding them trains to the very weights of the same folder
