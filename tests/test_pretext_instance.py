@@ -281,4 +281,5 @@ def test_cmc_export_is_a_lab_network_whose_L_half_ignores_ab_and_loads_as_an_enc
     enc = load_encoder(str(path))
     assert enc.input_mode == "color" and enc.info["task"] == "instance" and enc.info["reinitialised"] == []
     with torch.no_grad():
-        assert enc.features(torch.rand(1, 3, 227, 227, generator=g), ["fc7"])["fc7"].shape == (1, 512)  # fc 4096 x 0.125
+        fc7 = enc.features(torch.rand(1, 3, 227, 227, generator=g), ["fc7"])["fc7"]
+    assert fc7.shape == (1, 512)  # fc 4096 x 0.125

@@ -93,8 +93,8 @@ class ViewEncoders(nn.Module):
 class InstanceTask(PretextTask):
     name = "instance"
     description = "instance discrimination against a memory bank (NPID); views: lab-halves contrasts L with ab (CMC)"
-    paper = ("Wu, Xiong, Yu, Lin, Non-Parametric Instance Discrimination, CVPR 2018; "
-             "Tian, Krishnan, Isola, Contrastive Multiview Coding, 2019")
+    paper = ("Wu, Xiong, Yu, Lin, Unsupervised Feature Learning via Non-Parametric Instance Discrimination, "
+             "CVPR 2018; Tian, Krishnan, Isola, Contrastive Multiview Coding, 2019")
     Config = InstanceConfig
 
     def __init__(self, cfg: Any, device: torch.device) -> None:
