@@ -107,12 +107,14 @@ def neighbour_pairs(grid: int, centre_only: bool = False) -> list[tuple[int, int
 def normalise_patches(lab: torch.Tensor) -> torch.Tensor:
     """Each patch of ``lab`` (N x C x S x S, L or Lab in natural units) with its channel means removed and its
     contrast scaled to :data:`PATCH_RMS`, as the network sees it; returned in natural units (channel means at
-    L = 50, a = b = 0). Contrast below :data:`FLAT` counts as :data:`FLAT`, so a flat patch stays flat."""
-    scale = torch.tensor([L_SCALE, AB_SCALE, AB_SCALE][: lab.shape[1]], dtype=lab.dtype, device=lab.device)
-    scale = scale.view(1, -1, 1, 1)
-    centre = torch.tensor([L_CENTER, 0.0, 0.0][: lab.shape[1]], dtype=lab.dtype, device=lab.device).view(1, -1, 1, 1)
-    x = lab / scale
-    x = x - x.mean(dim=(2, 3), keepdim=True)
-    rms = x.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
-    x = x * (PATCH_RMS[lab.shape[1]] / rms.clamp_min(FLAT))
-    return x * scale + centre
+    L = 50, a = b = 0). Contrast below :data:`FLAT` counts as :data:`FLAT`, so a flat patch stays flat.
+
+    In the network's units z_c = (x_c - centre_c) / scale_c the contrast is rms = sqrt(mean_c var_c / scale_c^2),
+    so the result is centre_c + (PATCH_RMS / rms) (x_c - mean_c): one pass over the pixels after the statistics."""
+    c = lab.shape[1]
+    scale = torch.tensor([L_SCALE, AB_SCALE, AB_SCALE][:c], dtype=lab.dtype, device=lab.device)
+    centre = torch.tensor([L_CENTER, 0.0, 0.0][:c], dtype=lab.dtype, device=lab.device).view(1, c, 1, 1)
+    var, mean = torch.var_mean(lab, dim=(2, 3), keepdim=True, correction=0)
+    rms = (var / scale.view(1, c, 1, 1).pow(2)).mean(1, keepdim=True).sqrt()
+    gain = PATCH_RMS[c] / rms.clamp_min(FLAT)
+    return (lab - mean).mul_(gain).add_(centre)
