@@ -60,6 +60,11 @@ TINY_TASKS: dict[str, dict] = {
     "supervised": {"model": {"name": "alexnet", "width": 0.0625}, "data": {"crop": 227}},
     "autoencoder": {"model": {"name": "alexnet", "width": 0.125}, "pretext": {"denoise": 0.5}},
     "splitbrain": {"model": {"name": "alexnet", "width": 0.125}},
+    "jigsaw": {"model": {"name": "alexnet", "width": 0.125}, "data": {"crop": 96},
+               "pretext": {"tile": 24, "permutations": 10}},
+    "context": {"model": {"name": "alexnet", "width": 0.125}, "data": {"crop": 96},
+                "pretext": {"patch": 24, "jitter": 2}},
+    "instance": {"model": {"name": "alexnet", "width": 0.0625}, "data": {"crop": 227}, "pretext": {"negatives": 16}},
 }
 
 

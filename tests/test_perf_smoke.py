@@ -26,7 +26,8 @@ FIGURES = {
     "loader": {"loader", "loader_no_workers", "training_step_images_per_s", "loader_over_step"},
     "probes": {"one_pass_over_one_layer", "separate_over_one_pass", "cached_over_encoder_epoch"},
     "colorize": {"seconds_per_photo", "speedup", "max_abs_diff_rgb", "max_8bit_level_diff"},
-    "task_steps": {"colorization", "rotation", "supervised", "autoencoder", "splitbrain"},
+    "task_steps": {"colorization", "rotation", "supervised", "autoencoder", "splitbrain", "jigsaw", "context",
+                   "instance"},
 }
 
 

@@ -60,7 +60,13 @@ def _config(tmp: Path, images: Path, task: str, **over) -> TrainConfig:
 #: the validation metric of each task, and the chance level it is reported beside
 VALIDATION = {"colorization": ("auc", "gray_auc"), "rotation": ("accuracy", "chance"),
               "supervised": ("accuracy", "chance"), "autoencoder": ("l2", "chance_l2"),
-              "splitbrain": ("L_to_ab_accuracy", "L_to_ab_chance")}
+              "splitbrain": ("L_to_ab_accuracy", "L_to_ab_chance"), "jigsaw": ("accuracy", "chance"),
+              "context": ("accuracy", "chance"), "instance": ("knn_accuracy", "chance")}
+
+#: the stages each task trains (and the benchmarks read as trained), and the heads its checkpoint holds
+ALL_STAGES = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
+STAGES = {"jigsaw": ALL_STAGES[:5], "context": ALL_STAGES[:5]}
+HEADS = {"splitbrain": {"L_to_ab.fc8", "ab_to_L.fc8"}, "jigsaw": {"head"}, "context": {"head"}}
 
 
 @pytest.fixture(scope="module")
@@ -239,8 +245,8 @@ def test_every_task_is_listed_with_its_paper_and_its_options_are_strict(capsys):
     cfg = build_config(TrainConfig, None, ["task=rotation", "pretext.all_fuor=false"])
     with pytest.raises(UserError, match=r"pretext \(rotation\).*unknown key.*'all_fuor'"):
         get_task("rotation")(cfg, torch.device("cpu"))
-    with pytest.raises(UserError, match="unknown pretext task 'jigsaw'"):
-        get_task("jigsaw")
+    with pytest.raises(UserError, match="unknown pretext task 'inpainting'"):
+        get_task("inpainting")
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -250,12 +256,15 @@ def test_every_task_checkpoint_describes_its_backbone_heads_and_stages(trained, 
     backbone = state["backbone"]
     assert backbone["arch"] == "alexnet" and backbone["hparams"]["fc8_outputs"] == 0
     assert not any(k.startswith("fc8.") for k in backbone["state_dict"])
-    assert state["pretrained_stages"] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
+    assert state["pretrained_stages"] == STAGES.get(task, ALL_STAGES)
+    assert set(state["heads"]) == HEADS.get(task, {"fc8"})
     if task == "splitbrain":  # the merged Lab network; each half's classifier is a head
-        assert set(state["heads"]) == {"L_to_ab.fc8", "ab_to_L.fc8"}
         assert state["heads"]["ab_to_L.fc8"]["fc.weight"].shape[0] == 50
+    elif task in ("jigsaw", "context"):  # the trunk's conv1 ... conv5, under the backbone's own names
+        for k, v in backbone["state_dict"].items():
+            if not k.startswith(("fc6.", "fc7.")):
+                assert torch.equal(v, state["state_dict"][f"trunk.{k}"]), k
     else:  # the backbone entry is the trained network's weights, shared with the resume state
-        assert set(state["heads"]) == {"fc8"}
         for k, v in backbone["state_dict"].items():
             assert torch.equal(v, state["state_dict"][k]), k
     space = {"colorization": "L"}.get(task, "Lab")
@@ -374,11 +383,14 @@ def test_each_task_checkpoint_runs_through_the_probe_and_pascal_classification(t
     assert rc == 0, capsys.readouterr()
     probe = json.loads((tmp_path / "probe.json").read_text())
     assert set(probe["layers"]) == {"conv2", "fc7"} and probe["encoder"]["task"] == task
-    assert probe["encoder"]["pretrained_stages"][-1] == "fc7"
+    assert probe["encoder"]["pretrained_stages"] == STAGES.get(task, ALL_STAGES)
+    untrained = [s for s in ALL_STAGES if s not in STAGES.get(task, ALL_STAGES)]  # fc6, fc7 of the patch tasks
+    assert probe["encoder"]["reinitialised"] == untrained
     rc = main(["pascal", "cls", str(trained[task]), "--preset", "demo", "--voc", str(voc),
                "--iterations", "2", "--set", "data.test_crops=1", "--set", "rescale.images=4", "--no-progress",
                "--out", str(tmp_path / "cls.json")])
     assert rc == 0, capsys.readouterr()
     cls = json.loads((tmp_path / "cls.json").read_text())
     assert cls["encoder"]["task"] == task and cls["encoder"]["input_mode"] == "color"
+    assert cls["encoder"]["reinitialised"] == untrained
     assert 0 <= cls["metrics"]["sklearn"]["map"] <= 100

@@ -499,6 +499,9 @@ def test_a_signal_checkpoints_and_exits_then_resume_finishes_and_a_finished_run_
     assert want["task"] == got["task"] == task and want["state_dict"].keys() == got["state_dict"].keys()
     for key, value in want["state_dict"].items():
         assert torch.equal(value, got["state_dict"][key]), key
+    assert want["task_state"].keys() == got["task_state"].keys()  # a memory bank, a permutation set ...
+    for key, value in want["task_state"].items():
+        assert torch.equal(value, got["task_state"][key]), key
 
     before = snapshot(run)
     rc, out, err = run_cli(capsys, "train", cfg, "--resume", "--no-progress")

@@ -217,6 +217,13 @@ def test_ddp_two_gloo_processes(tmp_path, folder, task, port):
     # 2 processes x 2 images per step
     state = ckpt.load_latest(Path(cfg.out))
     assert state["step"] == 3 and state["task"] == task
+    if task == "instance":  # every process's images moved their bank rows: 3 steps x 2 processes x 2 images
+        from xchannel.pretext import get_task
+
+        fresh = get_task(task)(cfg, torch.device("cpu"))
+        fresh.set_training_data(16, [0] * 16)
+        moved = (state["task_state"]["weight.image"] != fresh.banks["image"].weight).any(1)
+        assert int(moved.sum()) == 12
 
 
 def test_table1_variants_and_kmeans_init(tmp_path, folder):

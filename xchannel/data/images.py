@@ -66,7 +66,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import functional as TF
 
 from xchannel.errors import UserError
@@ -336,23 +336,41 @@ def _resize_shorter(img: Image.Image, size: int) -> Image.Image:
     return TF.resize(img, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
+#: aspect ratios (width / height) of the random-resized crop, as torchvision's ``RandomResizedCrop``
+RESIZED_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
 class RandomCropMirror:
     """Colorization training: (optionally resize the shorter side to ``resize``) -> random ``size`` x ``size``
     crop -> horizontal mirror with probability 1/2 -> RGB tensor.
 
     An image whose shorter side is below ``size`` is first upscaled so that it equals ``size`` (never fails,
-    never pads). The randomness comes from torch's generator, which DataLoader seeds per worker.
+    never pads). With ``scale=(lo, hi)`` the crop is instead torchvision's random-resized crop (the contrastive
+    tasks' augmentation): a box covering a share of the (resized) image's area drawn from [lo, hi], of aspect ratio
+    drawn log-uniformly from 3/4 ... 4/3, resized to ``size`` x ``size`` (bilinear). The randomness comes from
+    torch's generator, which DataLoader seeds per worker.
     """
 
     def __init__(self, size: int = 176, resize: int | None = None, mirror: bool = True,
-                 dtype: torch.dtype = torch.uint8):
+                 dtype: torch.dtype = torch.uint8, scale: tuple[float, float] | None = None):
         if size < 1 or (resize is not None and resize < 1):
             raise ValueError(f"crop size and resize must be positive, got size={size}, resize={resize}")
+        if scale is not None and not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"the random-resized crop's area share must be [lo, hi] with 0 < lo <= hi <= 1, "
+                             f"got {list(scale)}")
         self.size, self.resize, self.mirror, self.dtype = size, resize, mirror, dtype
+        self.scale = None if scale is None else (float(scale[0]), float(scale[1]))
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.resize is not None:
             img = _resize_shorter(img, self.resize)
+        if self.scale is not None:
+            top, left, h, w = RandomResizedCrop.get_params(img, list(self.scale), list(RESIZED_CROP_RATIO))
+            img = TF.resized_crop(img, top, left, h, w, [self.size, self.size],
+                                  interpolation=InterpolationMode.BILINEAR, antialias=True)
+            if self.mirror and bool(torch.rand(()) < 0.5):
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            return _to_tensor(img, self.dtype)
         if min(img.size) < self.size:
             img = _resize_shorter(img, self.size)
         w, h = img.size
@@ -364,7 +382,9 @@ class RandomCropMirror:
         return _to_tensor(img, self.dtype)
 
     def __repr__(self) -> str:
-        return f"RandomCropMirror(size={self.size}, resize={self.resize}, mirror={self.mirror}, dtype={self.dtype})"
+        scale = "" if self.scale is None else f", scale={self.scale}"
+        return (f"RandomCropMirror(size={self.size}, resize={self.resize}, mirror={self.mirror}, "
+                f"dtype={self.dtype}{scale})")
 
 
 class ResizeCenterCrop:

@@ -16,6 +16,9 @@ TASKS: dict[str, str] = {
     "supervised": "xchannel.pretext.supervised:SupervisedTask",
     "autoencoder": "xchannel.pretext.autoencoder:AutoencoderTask",
     "splitbrain": "xchannel.pretext.splitbrain:SplitBrainTask",
+    "jigsaw": "xchannel.pretext.jigsaw:JigsawTask",
+    "context": "xchannel.pretext.context:ContextTask",
+    "instance": "xchannel.pretext.instance:InstanceTask",
 }
 
 

@@ -14,12 +14,21 @@ A task (one module of :mod:`xchannel.pretext`, registered in :data:`xchannel.pre
 * :meth:`~PretextTask.validate`: the task's held-out metric(s) with the chance level beside them;
 * :meth:`~PretextTask.export`: the checkpoint entries the benchmarks read (:func:`export_entries`).
 
+A *stateful* task (one that keeps something besides its network's weights, e.g. a memory bank of image
+embeddings) also uses the hooks that default to doing nothing:
+
+* :meth:`~PretextTask.set_training_data`: the training set's size and labels, once, before the first step (item
+  ``i`` of the set arrives with ``batch["index"] == i``);
+* :meth:`~PretextTask.after_step`: called with each prepared batch after the optimiser step;
+* :meth:`~PretextTask.state_dict` / :meth:`~PretextTask.load_state_dict`: the task's state, written into every
+  checkpoint (``task_state``) and restored on resume, so a resumed run goes on exactly as the uninterrupted one.
+
 The engine knows nothing else about a task, so a new task is one module plus one registry entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -93,6 +102,23 @@ class PretextTask:
 
     def validate(self, model: nn.Module, batches, out_dir: Path, step: int, max_images: int) -> dict:
         raise NotImplementedError
+
+    # -- training data and task state (stateful tasks; the defaults keep none) -------------------------------------
+    def set_training_data(self, size: int, labels: Sequence[int]) -> None:
+        """The training set, told once before the first step: its ``size`` and the class label of each position
+        (``-1`` where there is none); a batch's ``index`` entries are positions in it."""
+
+    def after_step(self, batch: Any) -> None:
+        """Called after each optimiser step with what :meth:`prepare` made for that step (and :meth:`loss` read)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The task's state besides the network (tensors and plain values): saved in every checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (on resume)."""
+        if state:
+            raise ValueError(f"task {self.name} keeps no state, but the checkpoint holds {', '.join(sorted(state))}")
 
     # -- export --------------------------------------------------------------------------------------------------
     def pretrained_stages(self, model: nn.Module) -> list[str]:

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 
 from xchannel import color as C
 from xchannel.errors import UserError
-from xchannel.models.alexnet import AB_SCALE, FC_CHANNELS, L_CENTER, L_SCALE, AlexNet, even_channels
+from xchannel.models.alexnet import AB_SCALE, L_CENTER, L_SCALE, AlexNet
 from xchannel.pretext.base import HeldOut, PretextTask, unwrap
 from xchannel.pretext.dense import at_head
+from xchannel.pretext.lab_halves import ab_as_lab, check_halvable, merge_halves  # noqa: F401 (re-exported)
 from xchannel.pretext.losses import l2_regression
 
 L_BINS, L_BIN_WIDTH = 50, 2.0
@@ -76,56 +77,6 @@ class SplitBrainNet(nn.Module):
         return {name: net(parts[HALVES[name][0]]) for name, net in self.halves.items()}
 
 
-def _check_halvable(width: float) -> None:
-    """Merging needs every layer of the full-width net to have exactly twice the channels of a half."""
-    convs = (96, 256, 384, 384, 256)
-    if any(even_channels(c, width) != 2 * even_channels(c, width / 2) for c in convs) or \
-            round(FC_CHANNELS * width) != 2 * round(FC_CHANNELS * width / 2):
-        raise UserError(f"splitbrain: model.width={width} cannot be split into two equal halves on every layer "
-                        f"(use 1.0, 0.5, 0.25 or 0.125)")
-
-
-@torch.no_grad()
-def merge_halves(l_net: AlexNet, ab_net: AlexNet) -> AlexNet:
-    """One Lab AlexNet (CaffeNet grouping, width twice the halves') computing both halves side by side: its L half
-    (the first half of every layer's channels) is ``l_net`` on L, its ab half ``ab_net`` on ab, with exact zeros
-    between them. BatchNorm statistics and affine parameters are concatenated."""
-    hp = {**l_net.hparams, "in_channels": 3, "width": 2 * l_net.width, "fc8_outputs": 0, "groups": 2}
-    merged = AlexNet(**hp).to(l_net.conv1.conv.weight.device)
-    a, b = l_net.state_dict(), ab_net.state_dict()
-    out = {}
-    for key, target in merged.state_dict().items():
-        x, y = a[key], b[key]
-        if key == "conv1.conv.weight":
-            w = torch.zeros_like(target)
-            w[: x.shape[0], :1] = x
-            w[x.shape[0]:, 1:] = y
-        elif key.endswith(".weight") and target.ndim >= 2 and target.shape[1] == x.shape[1]:  # a grouped conv
-            w = torch.cat([x, y])
-        elif key.endswith(".weight") and target.ndim >= 2:  # full layer: block-diagonal
-            w = torch.zeros_like(target)
-            w[: x.shape[0], : x.shape[1]] = x
-            w[x.shape[0]:, x.shape[1]:] = y
-        elif key.endswith("num_batches_tracked"):
-            w = x
-        else:  # biases and BatchNorm vectors
-            w = torch.cat([x, y])
-        out[key] = w
-    merged.load_state_dict(out)
-    return merged.train(l_net.training)
-
-
-@torch.no_grad()
-def ab_as_lab(ab_net: AlexNet) -> AlexNet:
-    """The ab -> L network as a Lab network whose conv1 has zero L weights (so it computes the same on Lab)."""
-    lab = AlexNet(**{**ab_net.hparams, "in_channels": 3, "fc8_outputs": 0}).to(ab_net.conv1.conv.weight.device)
-    state = {k: v for k, v in ab_net.state_dict().items() if not k.startswith("fc8.")}
-    w = state["conv1.conv.weight"]
-    state["conv1.conv.weight"] = torch.cat([torch.zeros_like(w[:, :1]), w], 1)
-    lab.load_state_dict(state)
-    return lab
-
-
 class SplitBrainTask(PretextTask):
     name = "splitbrain"
     description = "two half-width AlexNets, L -> ab (313 bins) and ab -> L (50 bins); exported as one Lab net"
@@ -140,7 +91,7 @@ class SplitBrainTask(PretextTask):
         both = self.opt.halves == "both"
         width = self.cfg.model.width
         if both:
-            _check_halvable(width)
+            check_halvable(width, self.name)
         outputs = {"L_to_ab": C.Q, "ab_to_L": L_BINS} if self.opt.loss == "cl" else {"L_to_ab": 2, "ab_to_L": 1}
         names = list(HALVES) if both else [self.opt.halves]
         return SplitBrainNet({name: AlexNet(in_channels=1 if name == "L_to_ab" else 2,

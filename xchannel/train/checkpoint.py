@@ -5,6 +5,7 @@ A checkpoint is ``ckpt_<step>.pt`` in the run folder, a dict of tensors and plai
 ``arch``, ``hparams``, ``input_space`` and ``state_dict``, ``heads``, ``pretrained_stages``: see
 :func:`xchannel.pretext.base.export_entries`), the whole trained network's ``state_dict`` (with ``model`` and
 ``hparams`` when it is one registered network, as :func:`xchannel.models.model_checkpoint` writes it),
+``task_state`` (what a stateful task keeps besides its network, e.g. a memory bank),
 ``optimizer``, ``scheduler``, ``step``, ``rng`` (torch, numpy and Python RNG
 states, the latter two encoded as tensors/lists), ``sampler`` (epoch and position) and ``config``.
 Writes go through a temporary file and a rename, so a SIGKILL during a write leaves the previous checkpoints as they

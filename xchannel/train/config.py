@@ -34,6 +34,10 @@ class DataConfig:
     # objects have the same scale in both (the authors resized ImageNet to 256 and trained on 176 px crops).
     # None: resized to the crop size.
     resize: int | None = None
+    # [lo, hi]: the training crop is a random-resized crop (torchvision's RandomResizedCrop, aspect 3/4 ... 4/3)
+    # covering that share of the resized image's area, e.g. [0.2, 1.0] for instance discrimination; None: a
+    # random crop at the resized scale.
+    scale: tuple[float, float] | None = None
     batch_size: int = 40
     workers: int = 2
     val_images: int = 64  # held-out images used by each periodic validation

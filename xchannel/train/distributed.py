@@ -75,3 +75,28 @@ def init_distributed(device: torch.device) -> World:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """The rows of ``x`` (first dimension, any count per process) of every process, concatenated in rank order;
+    ``x`` itself outside a process group. Every process must call it at the same point."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    counts = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, n)
+    most = int(max(int(c) for c in counts))
+    padded = torch.zeros((most, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(c)] for p, c in zip(parts, counts)])
+
+
+def mean_over_processes(value: float, device: torch.device) -> float:
+    """The mean of ``value`` over the processes of the group (``value`` itself outside one)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()

@@ -8,8 +8,10 @@ What it guarantees:
 
 * **Resumable to the bit.** The data order and each image's augmentation are functions of (seed, step): the sampler
   restarts at any step, and every item's crop and mirror come from a generator seeded by (seed, epoch, position).
-  A checkpoint holds the model, optimiser, scheduler and RNG states. With ``deterministic=True`` a run killed at any
-  moment (SIGKILL included) and resumed with ``--resume`` ends with the same weights as an uninterrupted run.
+  A checkpoint holds the model, optimiser, scheduler and RNG states and the task's own state (``task_state``: a
+  memory bank, a permutation set); writing one draws nothing from the run's random streams. With
+  ``deterministic=True`` a run killed at any moment (SIGKILL included) and resumed with ``--resume`` ends with the
+  same weights as an uninterrupted run.
 * **Bad files change nothing.** With ``data.screen`` (the default) every training and validation file is checked
   before the data order is drawn (:mod:`xchannel.data.screen`); the unusable ones are left out of the order, named
   in the log and counted in the summary, so a folder holding them trains to the very weights of the same folder
@@ -303,7 +305,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
     resize = cfg.data.resize or cfg.data.crop
     if resize < cfg.data.crop:
         raise UserError(f"data.resize ({resize}) is smaller than data.crop ({cfg.data.crop})")
-    train_set = open_images(cfg.data.train, RandomCropMirror(cfg.data.crop, resize=resize))
+    scale = cfg.data.scale
+    if scale is not None and not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise UserError(f"data.scale must be [lo, hi] with 0 < lo <= hi <= 1, got {list(scale)}")
+    train_set = open_images(cfg.data.train, RandomCropMirror(cfg.data.crop, resize=resize, scale=scale))
     val_set = None
     if cfg.data.val:
         val_set = open_images(cfg.data.val, ResizeCenterCrop(cfg.data.crop, resize=resize))
@@ -311,6 +316,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
     datasets = {"train": train_set, **({"val": val_set} if val_set is not None else {})}
     screens = screen_data(cfg, run_dir, datasets, {"train": skips, "val": val_skips}, world, state,
                           progress and world.is_main)
+    task.set_training_data(len(train_set), train_set.targets)
     if state is None:
         _initialise(cfg, task, model, train_set, device)
     optimizer = build_optimizer(cfg, model)
@@ -320,6 +326,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        task.load_state_dict(state.get("task_state", {}))
         ckpt.set_rng_state(state["rng"])
         step = state["step"]
         if world.is_main:
@@ -367,6 +374,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, device: torch.device,
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            task.after_step(b)
             scheduler.step()
             step += 1
             seen += n_good * world.world_size
@@ -421,13 +429,19 @@ def _save(run_dir: Path, step: int, task, model, optimizer, scheduler, cfg: Trai
     """The checkpoint: the task's self-describing entries (:meth:`~xchannel.pretext.base.PretextTask.export`:
     backbone, heads, task, pretrained stages), the whole trained network's ``state_dict`` (and its ``model`` and
     ``hparams`` when it is one registered network, as a colorizer is), the precision the run resolved, and the
-    state that resumes the run."""
+    state that resumes the run, the task's own included (``task_state``).
+
+    The export runs on a fork of the CPU generator: a task that builds its backbone anew to export it (a merged
+    or re-attached network) draws its throw-away initialisation there, so a run that checkpoints at some step
+    draws the same dropout masks afterwards as a run that does not."""
     if not world.is_main:
         return
     from xchannel.models import MODELS, model_checkpoint
 
     whole = model_checkpoint(model) if getattr(model, "registry_name", None) in MODELS else {}
-    state = {**task.export(model), **whole, "state_dict": model.state_dict(),
+    with torch.random.fork_rng(devices=[]):
+        entries = task.export(model)
+    state = {**entries, **whole, "state_dict": model.state_dict(), "task_state": task.state_dict(),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "step": step, "rng": ckpt.rng_state(), "config": json.loads(json.dumps(to_dict(cfg))),
              "precision": precision, "xchannel": __version__}
