@@ -255,7 +255,7 @@ def test_here_runs_probe_and_pascal_jobs_and_the_report_puts_published_numbers_b
     report = submit_sweep(sweep, folder, "here", progress=False, echo=lambda m: None)
     assert report.succeeded == [j.id for j in sweep.jobs], format_status(job_states(sweep, folder))
     out = write_report(folder, tmp_path / "results")
-    assert set(out["made"]) == {"figure7", "table2"} and out["counts"]["done"] == 3
+    assert set(out["made"]) == {"figure7", "table2", "runs"} and out["counts"]["done"] == 3
     # Figure 7: the two seeds are one line, their mean (and spread); the published ImageNet rows are listed.
     seeds = [read_result(folder / j.id)["result"] for j in sweep.jobs[:2]]
     merged = json.loads(Path(out["made"]["figure7"]["merged"][0]).read_text())
