@@ -27,7 +27,7 @@ envelope of their intervals.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,50 +225,49 @@ def sentence(row: MethodRow, rows: Sequence[MethodRow], layers: Sequence[str], c
 # The page
 
 
-def _probe_section(rows: Sequence[MethodRow], numbers: Mapping[str, Any]) -> list[str]:
-    layers = list(numbers["columns"])
-    lines = ["## Linear probes (top-1 %)", "", markdown_row(["Method", "Input", "Rows from", *layers]),
-             "|---|---|---|" + "---:|" * len(layers)]
-    notes: list[str] = []
-    for row in rows:
-        if not row.probes:
-            continue
-        values = probe_values(row)
-        first = row.probes[0]
-        where = f"measured: {first['data'].get('name', '?')}, {first['protocol'].get('name', '?')}"
-        lines.append(markdown_row([f"**{row.label}**", row.input_mode, where,
-                                   *(interval(values[c].get("top1_ci"), values[c]["top1"]) if c in values
-                                     else MISSING for c in layers)]))
-        for pub in published_for(row, numbers):
-            notes.append(f"{pub['name']}: {pub.get('backbone', 'backbone not stated')}")
-            lines.append(markdown_row([f"{pub['name']} [p{len(notes)}]", pub.get("input", MISSING),
-                                       f"published: {numbers.get('dataset', '')}",
-                                       *_published_cells(pub, numbers, layers)]))
-    lines += ["", f"Published probe rows: {numbers['source']}; protocol: {numbers.get('protocol', 'not stated')}."]
-    lines += [f"- [p{i}] {n}" for i, n in enumerate(notes, 1)]
-    return lines + [""]
+def _probe_cells(row: MethodRow, columns: Sequence[str]) -> tuple[str, list[str]] | None:
+    """Where the row's probes were measured, and its top-1 cells (None: the row has no probe)."""
+    if not row.probes:
+        return None
+    values, first = probe_values(row), row.probes[0]
+    return (f"measured: {first['data'].get('name', '?')}, {first['protocol'].get('name', '?')}",
+            [interval(values[c].get("top1_ci"), values[c]["top1"]) if c in values else MISSING for c in columns])
 
 
-def _pascal_section(rows: Sequence[MethodRow], numbers: Mapping[str, Any]) -> list[str]:
+def _pascal_cells(row: MethodRow, columns: Sequence[str]) -> tuple[str, list[str]] | None:
+    """Where the row's PASCAL runs were measured, and its cells (None: the row has none)."""
+    if not row.pascal:
+        return None
+    first = next(iter(row.pascal.values()))[0]
+    return f"measured: {first.get('row', {}).get('dataset', '?')}", [_pascal_cell(row.pascal.get(c)) for c in columns]
+
+
+def _section(heading: str, what: str, rows: Sequence[MethodRow], numbers: Mapping[str, Any],
+             cells: Callable[[MethodRow, Sequence[str]], tuple[str, list[str]] | None]) -> list[str]:
+    """A table of every row with ``cells``, each followed by its published rows (``numbers``), then their source,
+    protocol and, per published row, its backbone (numbered notes)."""
     columns = list(numbers["columns"])
-    titles = numbers.get("column_titles", columns)
-    lines = ["## PASCAL fine-tuning (% mAP, segmentation % mIU)", "",
-             markdown_row(["Method", "Input", "Rows from", *titles]), "|---|---|---|" + "---:|" * len(columns)]
-    notes: list[str] = []
+    lines = [f"## {heading}", "", markdown_row(["Method", "Input", "Rows from", *numbers.get("column_titles", columns)]),
+             "|---|---|---|" + "---:|" * len(columns)]
+    notes: dict[str, str] = {}
+    unpublished: list[str] = []
     for row in rows:
-        if not row.pascal:
+        measured = cells(row, columns)
+        if measured is None:
             continue
-        first = next(iter(row.pascal.values()))[0]
-        where = f"measured: {first.get('row', {}).get('dataset', '?')}"
-        lines.append(markdown_row([f"**{row.label}**", row.input_mode, where,
-                                   *(_pascal_cell(row.pascal.get(c)) for c in columns)]))
+        lines.append(markdown_row([f"**{row.label}**", row.input_mode, measured[0], *measured[1]]))
+        if not published_for(row, numbers) and row.method not in unpublished:
+            unpublished.append(row.method)
         for pub in published_for(row, numbers):
-            notes.append(f"{pub['name']}: {pub.get('backbone', 'backbone not stated')}")
-            lines.append(markdown_row([f"{pub['name']} [q{len(notes)}]", pub.get("input", MISSING),
+            notes.setdefault(pub["name"], pub.get("backbone", "backbone not stated"))
+            mark = list(notes).index(pub["name"]) + 1
+            lines.append(markdown_row([f"{pub['name']} [{what[0]}{mark}]", pub.get("input", MISSING),
                                        f"published: {numbers.get('dataset', '')}",
                                        *_published_cells(pub, numbers, columns)]))
-    lines += ["", f"Published PASCAL rows: {numbers['source']}; protocol: {numbers.get('protocol', 'not stated')}."]
-    lines += [f"- [q{i}] {n}" for i, n in enumerate(notes, 1)]
+    lines += ["", f"Published {what} rows: {numbers['source']}; protocol: {numbers.get('protocol', 'not stated')}."]
+    lines += [f"- [{what[0]}{i}] {name}: {backbone}" for i, (name, backbone) in enumerate(notes.items(), 1)]
+    if unpublished:
+        lines.append(f"- No published {what} row (in that file) for: {', '.join(unpublished)}.")
     return lines + [""]
 
 
@@ -288,7 +287,9 @@ def render(rows: Sequence[MethodRow], skipped: Sequence[tuple[str, str]], title:
     if any(d != "imagenet" and "VOC" not in d for d in datasets):
         lines.append("The embedded data set's numbers check the pipeline end to end; they are not comparable with "
                      "the published ImageNet and PASCAL VOC numbers.")
-    lines += ["", *_probe_section(rows, probe_numbers), *_pascal_section(rows, pascal_numbers),
+    lines += ["", *_section("Linear probes (top-1 %)", "probe", rows, probe_numbers, _probe_cells),
+              *_section("PASCAL fine-tuning (% mAP, segmentation % mIU)", "PASCAL", rows, pascal_numbers,
+                        _pascal_cells),
               "## Differences beyond the intervals", "",
               "Against colorization and the Gaussian baseline. Probes: paired bootstrap of the top-1 difference on "
               "the same validation images (seeds drawn independently), ahead / behind when its 95 % interval "

@@ -105,7 +105,7 @@ class GroupSpec:
     rules: list[dict[str, Any]] = field(default_factory=list)
     set: Any = field(default_factory=dict)  # a mapping of config keys ("${VARIABLE}" holding one), or a list of them
     needs: dict[str, str] = field(default_factory=dict)  # config key -> tag of an earlier group
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: Any = field(default_factory=dict)  # cluster profile fields (or "${VARIABLE}" holding them)
 
 
 @dataclass
@@ -583,6 +583,8 @@ def expand_group(group: GroupSpec, shared: dict[str, Axis], variables: dict[str,
                             f"them, got {part!r}")
         last = merge(last, expand_dotted(part, f"{where}: set[{i}]"))
     resources = substitute(group.resources, variables, f"{where}: resources")
+    if not isinstance(resources, dict):
+        raise UserError(f"{where}: resources must be a mapping of cluster profile fields, got {resources!r}")
     unknown = sorted(set(resources) - set(resource_fields()))
     if unknown:
         raise UserError(f"{where}: resources: unknown field(s) {', '.join(map(repr, unknown))}; cluster profile "
