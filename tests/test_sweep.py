@@ -2,7 +2,7 @@
 in-process executors, preemption (submitit's checkpoint() + the training engine) and the report.
 
 Real jobs throughout: tiny AlexNets (width 0.125, 64 px crops, batches of 4) on a tiny data set drawn by
-``xchannel.data.synthetic.make_dataset`` (the ``tiny`` fixture of conftest.py). The tests on the real SLURM cluster are in test_sweep_slurm.py.
+``xchannel.data.synthetic.make_dataset`` (conftest.py's ``tiny``). The tests on the real SLURM cluster are in test_sweep_slurm.py.
 """
 
 from __future__ import annotations

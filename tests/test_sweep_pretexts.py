@@ -8,9 +8,11 @@
   only after its dependency ended; a SLURM submission holds each task's evaluations with ``afterok`` on its train
   job (a fake executor records the arrays).
 * End to end, in this process (``--cluster debug``), with a registry of two tasks (a gray-trained and a
-  colour-trained one) on the tiny data set of conftest.py: every job finishes or is skipped with its reason (colour probes of the
-  gray-trained network); the report writes every file with one row per method; each encoder's features are
-  extracted once, and a second probe run of the same encoders reads them from the cache.
+  colour-trained one) on conftest.py's tiny data set: every job finishes or is skipped with its reason (colour
+  probes of the gray-trained network); the report writes every file with one row per method; each encoder's
+  features are extracted once, and a second probe run of the same encoders reads them from the cache.
+* The comparison's pieces: paired probe verdicts, PASCAL interval verdicts, the sentence, training seeds pooled,
+  published rows matched by the options a task was trained with.
 """
 
 from __future__ import annotations
@@ -168,6 +170,9 @@ def test_a_failed_dependency_blocks_its_dependents_and_a_local_dependent_starts_
     assert read_attempts(folder / probe.id) == [] and missing_need(probe, folder) == train.id
     assert cli_main(["sweep", str(folder), "--cluster", "debug", "--no-progress"]) == 1
     assert "1 blocked" in capsys.readouterr().out
+    assert cli_main(["sweep", str(folder), "--status"]) == 0
+    assert re.search(rf"{probe.id}\s+probe\s+missing .* needs {train.id}, which has no result yet",
+                     capsys.readouterr().out)
     # The local runner (subprocesses, two at a time) starts the probe only when training has its result.
     sweep = expand_spec(_needs_spec(tiny, tiny / "imagenet" / "train"))
     train, probe = sweep.jobs

@@ -247,7 +247,8 @@ def _section(heading: str, what: str, rows: Sequence[MethodRow], numbers: Mappin
     """A table of every row with ``cells``, each followed by its published rows (``numbers``), then their source,
     protocol and, per published row, its backbone (numbered notes)."""
     columns = list(numbers["columns"])
-    lines = [f"## {heading}", "", markdown_row(["Method", "Input", "Rows from", *numbers.get("column_titles", columns)]),
+    titles = numbers.get("column_titles", columns)
+    lines = [f"## {heading}", "", markdown_row(["Method", "Input", "Rows from", *titles]),
              "|---|---|---|" + "---:|" * len(columns)]
     notes: dict[str, str] = {}
     unpublished: list[str] = []

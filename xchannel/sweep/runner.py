@@ -285,6 +285,8 @@ def job_states(sweep: Sweep, sweep_dir: Path, jobs: Sequence[Job] | None = None)
             if (job_dir / ERROR_FILE).is_file():
                 st.state, st.detail = "failed", _error_summary(job_dir)
                 st.error_tail = error_tail(job_dir, None)
+            elif (dep := missing_need(job, sweep_dir)) is not None:
+                st.detail = f"needs {dep}, which has no result yet"
             out.append(st)
             continue
         cluster = sub.get("cluster")
