@@ -336,6 +336,33 @@ def test_end_to_end_in_process_report_and_features_extracted_once_per_encoder(ti
     assert all(json.loads(r["config"]) for r in rows)
 
 
+@pytest.mark.slurm
+def test_on_the_real_cluster_a_dependent_array_starts_after_its_training_and_a_failed_one_cancels_its_own(
+        slurm_cluster, tiny, tmp_path):
+    from xchannel.sweep.cluster import load_profile
+    from xchannel.sweep.runner import wait_for
+
+    good = _needs_spec(tiny, tiny / "imagenet" / "train")["groups"]
+    bad = _needs_spec(tiny, tmp_path / "nowhere")["groups"]
+    spec = {"name": "needs-slurm", "groups": [good[0], {**bad[0], "tag": "broken"}, good[1],
+                                              {**bad[1], "tag": "orphan", "needs": {"encoder": "broken"}}]}
+    sweep = expand_spec(spec)
+    train, broken, probe, orphan = sweep.jobs
+    folder = tmp_path / "sweep"
+    profile = load_profile(Path(__file__).resolve().parents[1] / "slurm" / "local-cluster.yaml", ["timeout_min=10"])
+    report = submit_sweep(sweep, folder, "slurm", profile, progress=False, echo=lambda m: None)
+    assert sorted(report.submitted) == sorted(j.id for j in sweep.jobs)
+    states = {s.id: s for s in wait_for(sweep, folder, [j.id for j in sweep.jobs], poll_s=1.0, timeout_s=300,
+                                        progress=False)}
+    assert states[train.id].state == "done" and states[probe.id].state == "done", runner.format_status(
+        list(states.values()))
+    assert read_result(folder / probe.id)["job"]["started"] >= read_result(folder / train.id)["job"]["finished"]
+    assert states[broken.id].state == "failed"
+    # The orphan never ran: SLURM cancelled it when its dependency failed (--kill-on-invalid-dep=yes).
+    assert states[orphan.id].state == "failed" and read_attempts(folder / orphan.id) == []
+    assert states[orphan.id].cluster_state.split()[0] == "CANCELLED"
+
+
 def test_the_dependency_options_reach_the_sbatch_script():
     from submitit.slurm.slurm import _make_sbatch_string
 
