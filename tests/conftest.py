@@ -70,3 +70,27 @@ def slurm_cluster() -> Iterator[LocalSlurmCluster]:
         patch.undo()
         if started_here and not os.environ.get("XCHANNEL_SLURM_KEEP"):
             subprocess.run([*script, "stop"], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """The sweeps' tiny data set: ImageFolder (2 classes x 8 train / 4 val), VOC2007 (8 trainval / 8 test), VOC2011,
+    VOC2012 and SBD trees of 64 px images (``xchannel.data.synthetic.make_dataset``). Read only."""
+    from xchannel.data.synthetic import SyntheticSpec, make_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_dataset(root, SyntheticSpec(classes=2, train_per_class=8, val_per_class=4, voc_trainval=8, voc_test=8,
+                                     size=64), overwrite=True)
+    return root
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Jobs (and in-process runs) on one thread each: bit-identical results across processes, no oversubscription."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,7 +2,7 @@
 in-process executors, preemption (submitit's checkpoint() + the training engine) and the report.
 
 Real jobs throughout: tiny AlexNets (width 0.125, 64 px crops, batches of 4) on a tiny data set drawn by
-``xchannel.data.synthetic.make_dataset``. The tests on the real SLURM cluster are in test_sweep_slurm.py.
+``xchannel.data.synthetic.make_dataset`` (conftest.py's ``tiny``). The tests on the real SLURM cluster are in test_sweep_slurm.py.
 """
 
 from __future__ import annotations
@@ -35,27 +35,6 @@ FIGURE7_VARS = {"imagenet": "/data/imagenet", "colorization": "runs/colorization
                 "supervised": "torchvision-alexnet:/models/alexnet.pth"}
 TRAIN = {"model": {"name": "alexnet", "width": 0.125}, "data": {"crop": 64, "batch_size": 4, "workers": 0},
          "checkpoint_every": 1000, "log_every": 1, "deterministic": True, "optim": {"lr": 1e-3}, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """ImageFolder (2 classes x 8 train / 4 val) and VOC2007 (8 trainval / 8 test) trees of 64 px images."""
-    from xchannel.data.synthetic import SyntheticSpec, make_dataset
-
-    root = tmp_path_factory.mktemp("tiny")
-    make_dataset(root, SyntheticSpec(classes=2, train_per_class=8, val_per_class=4, voc_trainval=8, voc_test=8,
-                                     voc2012=False, size=64), overwrite=True)
-    return root
-
-
-@pytest.fixture
-def one_thread(monkeypatch):
-    """Jobs (and in-process runs) on one thread each: bit-identical results across processes, no oversubscription."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _train_spec(tiny: Path, **groups) -> dict:
@@ -255,7 +234,7 @@ def test_here_runs_probe_and_pascal_jobs_and_the_report_puts_published_numbers_b
     report = submit_sweep(sweep, folder, "here", progress=False, echo=lambda m: None)
     assert report.succeeded == [j.id for j in sweep.jobs], format_status(job_states(sweep, folder))
     out = write_report(folder, tmp_path / "results")
-    assert set(out["made"]) == {"figure7", "table2"} and out["counts"]["done"] == 3
+    assert set(out["made"]) == {"figure7", "table2", "runs"} and out["counts"]["done"] == 3
     # Figure 7: the two seeds are one line, their mean (and spread); the published ImageNet rows are listed.
     seeds = [read_result(folder / j.id)["result"] for j in sweep.jobs[:2]]
     merged = json.loads(Path(out["made"]["figure7"]["merged"][0]).read_text())

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     c = info["counts"]
     print(f"sweep {info['sweep']}: {c['done']} of {sum(c.values())} jobs finished; wrote {info['out']}/")
     for name, made in info["made"].items():
-        files = [v for k, v in made.items() if k in ("plot", "markdown", "csv")]
+        files = [v for k, v in made.items() if k in ("plot", "markdown", "csv", "json")]
         print(f"  {name}: {', '.join(files)}")
     for note in info["notes"]:
         print(f"  note: {note}")

@@ -1,6 +1,6 @@
 """``xchannel sweep SPEC``: run a grid of jobs (Figure 7, Table 2, ...) here, in-process, or as SLURM job arrays.
 
-SPEC is a named sweep (figure7, table2, demo), a YAML spec file (format: ``xchannel.sweep.spec``), or a sweep
+SPEC is a named sweep (figure7, table2, pretexts, demo), a YAML spec file (format: ``xchannel.sweep.spec``), or a sweep
 folder (its recorded jobs). Every job gets a folder SWEEP_DIR/<job id>/ with its config, logs, checkpoints and, when
 it finished, result.json. Running the same sweep again runs only the jobs without a result that are not pending or
 running: finished jobs are kept, failed and interrupted ones resume from their checkpoints.
@@ -9,6 +9,9 @@ Examples::
 
     xchannel sweep demo                                    # on this machine (submitit's local executor)
     xchannel sweep demo --status                           # job states; failed jobs with the end of their error
+    xchannel sweep pretexts                                # every pretext task + baselines on the embedded data
+    xchannel sweep pretexts --var imagenet=/data/imagenet --var voc=/data/VOCdevkit --cluster slurm \
+        --profile slurm/my-cluster.yaml                    # the same on ImageNet and PASCAL VOC
     xchannel sweep figure7 --var imagenet=/data/imagenet --var colorization=runs/colorization \\
         --var supervised=torchvision-alexnet:/models/alexnet.pth --cluster slurm --profile slurm/my-cluster.yaml
     srun xchannel sweep runs/sweeps/table2 --cluster here --job 'cls-fc8-*'   # inside an existing allocation
@@ -29,8 +32,8 @@ DESCRIPTION = __doc__
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC", help="a named sweep (figure7, table2, demo), a spec file, or a "
-                                                     "sweep folder")
+    parser.add_argument("spec", metavar="SPEC", help="a named sweep (figure7, table2, pretexts, demo), a spec file, "
+                                                     "or a sweep folder")
     parser.add_argument("--dir", help="the sweep folder (default: runs/sweeps/<sweep name>)")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                         help="set a variable of the spec (repeatable)")
@@ -115,9 +118,11 @@ def run(args: argparse.Namespace) -> int:
             print(format_status(job_states(sweep, folder, select_jobs(sweep, args.job)), tail=args.tail))
     elif report.submitted:
         print(f"{len(report.succeeded)} finished, {len(report.failed)} failed"
+              + (f", {len(report.blocked)} blocked by a dependency without a result" if report.blocked else "")
               + (f"; see: xchannel sweep {folder} --status" if report.failed else ""))
     if not report.submitted:
         print(f"sweep {sweep.name}: nothing to run ({len(report.done)} done, {len(report.active)} pending or "
-              f"running)")
-    failed = report.failed or (args.wait and any(s.state == "failed" for s in job_states(sweep, folder)))
+              f"running" + (f", {len(report.blocked)} blocked" if report.blocked else "") + ")")
+    failed = report.failed or report.blocked or (args.wait and any(s.state == "failed"
+                                                                   for s in job_states(sweep, folder)))
     return 1 if failed else 0

@@ -33,3 +33,19 @@ def get_task(name: str):
 def describe_tasks() -> list[tuple[str, str, str]]:
     """(name, one-line description, paper) of every registered task."""
     return [(name, get_task(name).description, get_task(name).paper) for name in TASKS]
+
+
+def task_config(name: str, scale: str) -> str:
+    """The shipped training config (:mod:`xchannel.configs`) of task ``name`` at ``scale`` (``demo``: the embedded
+    data set; ``imagenet``: the full protocol), e.g. ``demo-rotation``; a :class:`UserError` when the task or the
+    config is unknown."""
+    from xchannel.configs import named_configs
+    from xchannel.pretext.base import SCALES
+
+    if scale not in SCALES:
+        raise UserError(f"unknown scale {scale!r}; scales: {', '.join(SCALES)}")
+    config = get_task(name).named_config(scale)
+    if config not in named_configs():
+        raise UserError(f"pretext task {name!r}: no shipped training config {config!r} for scale {scale!r} "
+                        f"(xchannel/configs/{config}.yaml; or set the task's `configs`)")
+    return config

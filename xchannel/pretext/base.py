@@ -41,6 +41,8 @@ from xchannel.utils.config import from_dict, to_dict
 
 #: Checkpoint format written by the engine: 2 adds ``task``, ``backbone``, ``heads`` and ``pretrained_stages``.
 CHECKPOINT_FORMAT = 2
+#: The scales every task ships a training config for: the embedded data set (minutes on a CPU) and ImageNet.
+SCALES: tuple[str, ...] = ("demo", "imagenet")
 
 
 @dataclass
@@ -63,6 +65,17 @@ class PretextTask:
     description: ClassVar[str]  # one line, for ``xchannel train --list-tasks``
     paper: ClassVar[str]  # the paper the task comes from
     Config: ClassVar[type] = NoOptions
+    #: The task's shipped training configs (:mod:`xchannel.configs`) by scale, where they are not named
+    #: ``demo-<name>`` (the embedded data set) and ``<name>-imagenet`` (the full protocol): see :meth:`named_config`.
+    configs: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def named_config(cls, scale: str) -> str:
+        """The name of the task's shipped training config for ``scale`` (one of :data:`SCALES`): ``configs[scale]``,
+        else ``demo-<name>`` / ``<name>-imagenet``."""
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+        return cls.configs.get(scale) or (f"demo-{cls.name}" if scale == "demo" else f"{cls.name}-{scale}")
 
     def __init__(self, cfg: Any, device: torch.device) -> None:
         self.cfg = cfg

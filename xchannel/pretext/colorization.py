@@ -159,6 +159,7 @@ class ColorizationTask(PretextTask):
     description = "L -> ab: 313-way classification with class rebalancing (or L2 regression), L input"
     paper = "Zhang, Isola, Efros, Colorful Image Colorization, ECCV 2016"
     Config = ColorizationConfig
+    configs = {"demo": "demo-alexnet", "imagenet": "alexnet-imagenet"}  # named before the other tasks existed
 
     def __init__(self, cfg: Any, device: torch.device) -> None:
         super().__init__(cfg, device)

@@ -3,14 +3,15 @@
 * :func:`probe_table`: one probe result as text, a line per layer (what ``xchannel probe`` prints and the demo's
   ``figure7.md`` shows).
 * :func:`merge_probe_results`: results of the same encoder, input mode, data set and protocol as one line: layers
-  probed by separate runs are joined, repeated seeds averaged (their standard deviation kept).
+  probed by separate runs are joined, repeated seeds averaged (their standard deviation kept, and, where the runs
+  kept their per-image hits on the same images, the 95 % interval over images and every seed).
 * :func:`figure7_table`: the published rows (``published/figure7.json``) and ours, one column per layer, as
   markdown and CSV.
 * :func:`plot` / :func:`write_plot`: accuracy per layer, one line per encoder, gray-input encoders dotted and
   color/RGB-input encoders solid (the paper's convention), the gray and color versions of one encoder in the same
   colour; error bars are the results' 95 % intervals (``top1_ci``) where recorded. When a result's data set is
   ImageNet (recorded by the probe), or with ``published="always"``, the published numbers are overlaid (thin
-  lines, x markers).
+  lines, x markers): ``reference`` names which (``figure7``, or e.g. ``pretext_imagenet_linear``).
 * :func:`write_figure7`: the files of a sweep's report (merged records, plot, markdown, CSV);
   :func:`demo_markdown`: the demo's page (the three probes and the trained encoder against its initialisation).
 """
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xchannel.metrics.uncertainty import mean_std
+from xchannel.metrics.uncertainty import accuracy_interval, mean_std
 from xchannel.reports import published as published_numbers
 from xchannel.reports.format import MISSING, csv_text, interval, markdown_row, number, plus_minus
 from xchannel.reports.results import read_result
@@ -65,10 +66,25 @@ def probe_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pooled_hits(results: Sequence[Mapping[str, Any]], layer: str) -> Any:
+    """``seeds x images`` top-1 hits of ``layer`` from every result (each result's head seeds stacked), or None
+    when a result kept none or they were scored on different validation images."""
+    import numpy as np
+
+    from xchannel.probe.run import top1_hits
+
+    have = [r for r in results if layer in (r.get("per_image") or {}).get("top1_hits", {})]
+    if len(have) != len(results) or len({(r["data"].get("path"), r["per_image"]["images"]) for r in have}) != 1:
+        return None
+    return np.concatenate([top1_hits(r, layer) for r in have])
+
+
 def merge_probe_results(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Merge probe results per (encoder spec, input mode, data set, protocol): layers are joined and every
     layer's top-1/top-5 is averaged over the results that have it (seeds), with ``top1_std``/``top5_std``
-    (population standard deviation; 0 for one seed) and ``runs`` (how many results were averaged)."""
+    (population standard deviation; 0 for one seed) and ``runs`` (how many results were averaged). Several runs
+    scored on the same images with their per-image hits get ``top1_ci`` over the images and all their seeds
+    (:func:`pooled_hits`, :func:`~xchannel.metrics.uncertainty.accuracy_interval`); other merged layers have none."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in results:
         enc, data, proto = r.get("encoder", {}), r.get("data", {}), r.get("protocol", {})
@@ -79,13 +95,17 @@ def merge_probe_results(results: Sequence[Mapping[str, Any]]) -> list[dict[str, 
         order = _axis(*(r.get("layer_order", []) for r in rs))
         layers: dict[str, dict[str, Any]] = {}
         for layer in order:
-            have = [r["layers"][layer] for r in rs if layer in r.get("layers", {})]
+            runs = [r for r in rs if layer in r.get("layers", {})]
+            have = [r["layers"][layer] for r in runs]
             entry = dict(have[0])
             for metric in ("top1", "top5"):
                 entry[metric], entry[f"{metric}_std"] = mean_std([h[metric] for h in have])
             entry["runs"] = len(have)
             if len(have) > 1:  # one run's interval does not describe the mean of several
                 entry.pop("top1_ci", None)
+                hits = pooled_hits(runs, layer)
+                if hits is not None:
+                    entry["top1_ci"] = accuracy_interval(hits).to_dict()
             layers[layer] = entry
         first = rs[0]
         merged.append({"kind": KIND, "encoder": first.get("encoder", {}), "data": first.get("data", {}),
@@ -121,7 +141,7 @@ def figure7_table(merged: Sequence[Mapping[str, Any]], published: Mapping[str, A
             if v is None:
                 cells.append(MISSING)
                 raw.append("")
-            elif v.get("runs", 1) > 1:
+            elif v.get("runs", 1) > 1 and f"{metric}_ci" not in v:
                 cells.append(plus_minus(v[metric], v.get(f"{metric}_std", 0.0)))
                 raw.append(number(v[metric], 2))
             else:
@@ -135,11 +155,11 @@ def figure7_table(merged: Sequence[Mapping[str, Any]], published: Mapping[str, A
     if any(not r.get("data", {}).get("is_imagenet") for r in merged):
         md.append(f"Measured on: {', '.join(datasets)}. Only ImageNet measurements are comparable with the published "
                   f"numbers; others (e.g. the embedded procedural data set) check the pipeline end to end.")
-    if any(v.get("runs", 1) > 1 for r in merged for v in r["layers"].values()):
-        md.append("± is the standard deviation over seeds.")
+    if any(v.get("runs", 1) > 1 and f"{metric}_ci" not in v for r in merged for v in r["layers"].values()):
+        md.append("± on a row of several runs without per-image records is the standard deviation over seeds.")
     if any(f"{metric}_ci" in v for r in merged for v in r["layers"].values()):
-        md.append("± on a single result is the half-width of its 95 % interval (bootstrap over validation images and "
-                  "head seeds).")
+        md.append("± is otherwise the half-width of the 95 % interval (bootstrap over validation images and the head "
+                  "seeds, and the runs' seeds where a row merges several).")
     md.append("")
     return "\n".join(md), csv_text(table)
 
@@ -161,10 +181,10 @@ def demo_markdown(records: Mapping[str, Mapping[str, Any]], comparison: Mapping[
 
 
 def plot(results: Sequence[Mapping[str, Any]], *, title: str | None = None, metric: str = "top1",
-         published: str = "auto"):
+         published: str = "auto", reference: str = "figure7"):
     """Accuracy per layer, one line per result (see the module docstring); ``published``: ``auto`` (overlay the
-    published numbers when a result's data set is ImageNet), ``always`` or ``never``. Returns the matplotlib
-    Figure."""
+    published numbers ``reference`` when a result's data set is ImageNet), ``always`` or ``never``. Returns the
+    matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,7 +192,7 @@ def plot(results: Sequence[Mapping[str, Any]], *, title: str | None = None, metr
 
     numbers = None
     if published == "always" or (published == "auto" and any(r.get("data", {}).get("is_imagenet") for r in results)):
-        numbers = published_numbers.load("figure7")
+        numbers = published_numbers.load(reference)
     axis = _axis(*(r["layer_order"] for r in results), numbers["columns"] if numbers else ())
     x = {layer: i for i, layer in enumerate(axis)}
 
@@ -221,20 +241,20 @@ def plot(results: Sequence[Mapping[str, Any]], *, title: str | None = None, metr
 
 
 def write_plot(result_paths: Sequence[str | Path], out: str | Path, *, title: str | None = None,
-               metric: str = "top1", published: str = "auto") -> Path:
+               metric: str = "top1", published: str = "auto", reference: str = "figure7") -> Path:
     """Draw :func:`plot` from probe result files and write it atomically to ``out`` (.png, .pdf, .svg)."""
     results = [read_result(p, KIND, "linear-probe", "xchannel probe") for p in result_paths]
-    return save_figure(plot(results, title=title, metric=metric, published=published), out)
+    return save_figure(plot(results, title=title, metric=metric, published=published, reference=reference), out)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # A report's files
 
 
-def write_figure7(results: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Any]:
+def write_figure7(results: Sequence[Mapping[str, Any]], out: Path, reference: str = "figure7") -> dict[str, Any]:
     """From probe results (e.g. a sweep's probe jobs), into ``out``: the merged records
     (``figure7/<encoder>_<input>.json``), ``figure7.png`` (drawn from those files), ``figure7.md`` and
-    ``figure7.csv``. Returns what was written."""
+    ``figure7.csv``, with the published numbers ``reference`` beside them. Returns what was written."""
     merged = merge_probe_results(results)
     paths = []
     for r in merged:
@@ -242,8 +262,8 @@ def write_figure7(results: Sequence[Mapping[str, Any]], out: Path) -> dict[str, 
         path = out / "figure7" / f"{slug(enc.get('name') or enc.get('spec'))}_{enc.get('input_mode')}.json"
         atomic_write_json(path, r)
         paths.append(path)
-    image = write_plot(paths, out / "figure7.png")
-    md, table_csv = figure7_table(merged, published_numbers.load("figure7"))
+    image = write_plot(paths, out / "figure7.png", reference=reference)
+    md, table_csv = figure7_table(merged, published_numbers.load(reference))
     atomic_write_text(out / "figure7.md", md)
     atomic_write_text(out / "figure7.csv", table_csv)
     return {"plot": str(image), "markdown": str(out / "figure7.md"), "csv": str(out / "figure7.csv"),
@@ -251,4 +271,4 @@ def write_figure7(results: Sequence[Mapping[str, Any]], out: Path) -> dict[str, 
 
 
 __all__ = ["KIND", "LAYERS", "demo_markdown", "figure7_table", "layer_sorted", "merge_probe_results", "plot",
-           "probe_table", "write_figure7", "write_plot"]
+           "pooled_hits", "probe_table", "write_figure7", "write_plot"]

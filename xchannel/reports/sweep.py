@@ -15,9 +15,22 @@ What is written to the output folder (default ``results/<sweep name>/``), each f
     input mode.
 ``training.md``
     From the ``train`` jobs: steps, loss at the first and last step, validation numbers, throughput.
+``comparison.md``
+    When the spec's ``report`` lists ``comparison`` (the ``pretexts`` sweep): every method's measured rows beside
+    its published numbers, and whether it differs from colorization and from the Gaussian baseline beyond the
+    intervals (:mod:`xchannel.reports.comparison`); Fig. 7's published lines are then the pretext tasks'
+    (``published/pretext_imagenet_linear.json``).
+``runs.json``, ``runs.csv``
+    Every finished job with its config, seed and checkpoint sha256, the command and the time the sweep took
+    (:mod:`xchannel.reports.runs`).
 ``jobs.csv``, ``README.md``
     Every job of the sweep with its state and headline number; what was made, and which jobs are still missing
     or failed (a report of a sweep that has not finished says so: it is made from the results that exist).
+
+Jobs labelled on a ``method`` axis (the ``pretexts`` sweep) are named by that label in every table and plot (their
+encoders are run folders of the sweep's train jobs, whose file names say nothing), with the seed added to Table 2's
+rows when the sweep has several. Jobs that their kind skipped (``{"status": "skipped"}``, e.g. colour probes of a
+network trained on gray) are listed with their reason, in ``README.md`` and ``comparison.md``.
 """
 
 from __future__ import annotations
@@ -27,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from xchannel.errors import UserError
+from xchannel.reports.comparison import BASELINE_NAMES, PROBE_NUMBERS, Evaluation, write_comparison
 from xchannel.reports.figure7 import write_figure7
 from xchannel.reports.format import MISSING, csv_text, markdown_row, number
-from xchannel.reports.table2 import write_table2
-from xchannel.sweep.jobs import RUN_DIR, read_result
+from xchannel.reports.runs import write_runs
+from xchannel.reports.table2 import write_table2_results
+from xchannel.sweep.jobs import RUN_DIR, read_json, read_result, skipped
 from xchannel.sweep.runner import JobStatus, job_states, load_sweep, result_summary
 from xchannel.sweep.spec import Job, Sweep
 from xchannel.utils.io import atomic_write_json, atomic_write_text
@@ -51,6 +66,43 @@ def collect(sweep: Sweep, sweep_dir: Path) -> list[tuple[Job, dict[str, Any]]]:
         if record is not None and isinstance(record.get("result"), dict):
             out.append((job, record))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Methods
+
+
+def method_named(job: Job, result: Mapping[str, Any], seed_too: bool = False) -> dict[str, Any]:
+    """``result`` with its encoder named by the job's ``method`` label (the baselines by their names,
+    :data:`~xchannel.reports.comparison.BASELINE_NAMES`; the seed label added when ``seed_too``): for a probe
+    ``encoder.name``/``spec``, for PASCAL ``row.encoder``/``spec``, and no weights fingerprint, so that one
+    method's columns share a row whatever images initialised its random encoder. Without such a label, the result
+    itself."""
+    method = job.labels.get("method")
+    if method is None:
+        return dict(result)
+    name = BASELINE_NAMES.get(method, method) + (f", {job.labels['seed']}" if seed_too and "seed" in job.labels
+                                                  else "")
+    if result.get("kind") == "pascal":
+        return {**result, "row": {**result["row"], "encoder": name, "spec": name, "weights_fingerprint": None}}
+    enc = result.get("encoder") or {}
+    return {**result, "encoder": {**enc, "name": name, "spec": name, "loaded_spec": enc.get("spec")}}
+
+
+def trained_options(run_dir: Path) -> dict[str, Any] | None:
+    """The options a train job's task was trained with (its config's ``pretext`` section over the task's
+    defaults), from the run folder's ``config.json``; None when it cannot be read."""
+    from xchannel.pretext import get_task
+    from xchannel.utils.config import from_dict, to_dict
+
+    config = read_json(run_dir / "config.json")
+    if config is None or "task" not in config:
+        return None
+    try:
+        task = get_task(config["task"])
+        return to_dict(from_dict(task.Config, dict(config.get("pretext") or {}), str(run_dir)))
+    except UserError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -99,31 +151,45 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> dict[s
     statuses = job_states(sweep, sweep_dir)
     records = collect(sweep, sweep_dir)
     by_kind: dict[str, list[tuple[Job, dict[str, Any]]]] = {}
+    passed = [(job.id, rec["result"].get("reason", "")) for job, rec in records if skipped(rec)]
     for job, rec in records:
-        by_kind.setdefault(job.kind, []).append((job, rec))
+        if not skipped(rec):
+            by_kind.setdefault(job.kind, []).append((job, rec))
     made: dict[str, Any] = {}
     notes: list[str] = []
+    compare = "comparison" in sweep.report
+    several_seeds = len({job.labels.get("seed") for job in sweep.jobs}) > 1
 
-    probes = [rec["result"] for _, rec in by_kind.get("probe", [])]
+    probes = [(job, method_named(job, rec["result"])) for job, rec in by_kind.get("probe", [])]
     if probes:
-        made["figure7"] = write_figure7(probes, out)
+        made["figure7"] = write_figure7([r for _, r in probes], out, PROBE_NUMBERS if compare else "figure7")
     elif "figure7" in sweep.report:
         notes.append("figure7: no finished probe job yet")
 
-    pascal = [(job, rec) for kind in PASCAL_KINDS for job, rec in by_kind.get(kind, [])]
+    pascal = [(job, method_named(job, rec["result"], several_seeds))
+              for kind in PASCAL_KINDS for job, rec in by_kind.get(kind, [])]
     if pascal:
-        files = []
-        for job, rec in pascal:
-            own = rec["result"].get("output")
+        results = []
+        for job, result in pascal:
+            own = result.get("output")
             path = Path(own) if own and Path(own).is_file() else None
             if path is None:  # the task's own file is gone: write its record next to the job's result
                 path = sweep_dir / job.id / RUN_DIR / "table2-record.json"
-                atomic_write_json(path, rec["result"])
-            files.append(path)
-        t2 = write_table2(files, out)
+                atomic_write_json(path, result)
+            results.append({**result, "_path": str(path)})
+        t2 = write_table2_results(results, out)
         made["table2"] = {"markdown": t2["markdown_path"], "csv": t2["csv_path"], "rows": len(t2["rows"])}
     elif "table2" in sweep.report:
         notes.append("table2: no finished PASCAL job yet")
+
+    if compare and (probes or pascal):
+        options = {job.labels["method"]: trained_options(sweep_dir / job.id / RUN_DIR)
+                   for job, _ in by_kind.get("train", []) if "method" in job.labels}
+        evaluations = [Evaluation(job.labels.get("method", job.id), job.labels.get("input", ""), result)
+                       for job, result in probes + pascal]
+        made["comparison"] = write_comparison(evaluations, options, passed, out, sweep.name)
+    elif compare:
+        notes.append("comparison: no finished probe or PASCAL job yet")
 
     if by_kind.get("train"):
         atomic_write_text(out / "training.md", training_table(by_kind["train"]))
@@ -131,14 +197,21 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> dict[s
 
     atomic_write_text(out / "jobs.csv", jobs_csv(sweep, statuses))
     counts = {s: sum(st.state == s for st in statuses) for s in ("done", "running", "pending", "failed", "missing")}
+    made["runs"] = write_runs(sweep, records, counts, sweep_dir, out)
     unfinished = [st for st in statuses if st.state != "done"]
     readme = [f"# Sweep {sweep.name}", ""] + ([sweep.description, ""] if sweep.description else []) + [
               f"Made by `xchannel report {sweep_dir}` from {counts['done']} of {len(statuses)} finished jobs "
               f"(" + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ").", ""]
     for name, info in made.items():
-        files = [v for k, v in info.items() if k in ("plot", "markdown", "csv")]
+        files = [v for k, v in info.items() if k in ("plot", "markdown", "csv", "json")]
         readme.append(f"- {name}: " + ", ".join(f"`{Path(f).name}`" for f in files))
     readme.append("- jobs.csv: every job, its state and headline number")
+    time = made["runs"]["time"]
+    readme += ["", f"Command: `{made['runs']['command']}`; the jobs took {time['job_seconds']:.0f} s in all"
+               + (f", {time['span_seconds']:.0f} s from the first start to the last end" if time["span_seconds"]
+                  else "") + " (runs.json: per job, with the machine)."]
+    if passed:
+        readme += ["", "Skipped by their kind (nothing to compute):"] + [f"- {j}: {why}" for j, why in passed]
     if notes:
         readme += ["", "Not made:"] + [f"- {n}" for n in notes]
     if unfinished:
@@ -151,4 +224,5 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> dict[s
             "summaries": {job.id: result_summary(rec) for job, rec in records}}
 
 
-__all__ = ["collect", "default_output", "jobs_csv", "training_table", "write_report"]
+__all__ = ["collect", "default_output", "jobs_csv", "method_named", "trained_options", "training_table",
+           "write_report"]

@@ -224,7 +224,12 @@ def render_csv(published: Mapping[str, Any], rows: Sequence[MeasuredRow]) -> str
 def write_table2(result_paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Any]:
     """Render Table 2 from result files/folders into ``out_dir/table2.md`` and ``out_dir/table2.csv``
     (atomically). Returns ``{"markdown", "csv", "markdown_path", "csv_path", "rows"}``."""
-    rows = measured_rows(read_results(result_paths))
+    return write_table2_results(read_results(result_paths), out_dir)
+
+
+def write_table2_results(results: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> dict[str, Any]:
+    """:func:`write_table2` from result records already read (each with its ``_path``)."""
+    rows = measured_rows(results)
     published = load_published()
     md, table_csv = render_markdown(published, rows), render_csv(published, rows)
     out = Path(out_dir)
@@ -235,4 +240,4 @@ def write_table2(result_paths: Iterable[str | os.PathLike], out_dir: str | os.Pa
 
 
 __all__ = ["COLUMNS", "MeasuredRow", "chance_rows", "load_published", "measured_rows", "read_results", "render_csv",
-           "render_markdown", "write_table2"]
+           "render_markdown", "write_table2", "write_table2_results"]

@@ -9,6 +9,16 @@ into its own folder). ``train`` runs :func:`xchannel.train.engine.train` with ``
 :func:`xchannel.probe.run_probe`, ``pascal-cls``/``pascal-seg``/``pascal-det`` run
 ``xchannel.pascal.<task>.run_task``. A new kind is one :class:`JobKind` added with :func:`register`.
 
+A kind may say, when a job is about to run, that it has nothing to compute (``skip``: a reason, or None): the job
+then records ``{"status": "skipped", "reason": ...}`` as its result instead of running. ``probe`` skips colour
+input to an encoder trained on gray L, whose colour version (conv1's ab weights zero) computes exactly the gray
+features (:func:`probe_skip`).
+
+Dependencies
+------------
+A job of a group with ``needs`` (:mod:`xchannel.sweep.spec`) holds ``sweep-job:<id>`` in a config key until it
+runs; :func:`resolve_needs` then puts that job's run folder there (refusing if the job has no result yet).
+
 The job folder
 --------------
 ``SWEEP_DIR/<job id>/`` holds ``config.json`` (the job as the spec expands it), ``run/`` (the kind's own output:
@@ -110,7 +120,8 @@ class JobKind:
     overrides of the defaults]}`` (the PASCAL tasks' ``PRESETS``) or a function ``name -> config``. ``run(cfg, run_dir, progress)`` runs the job
     with the sweep-owned fields already set and returns its result dict; a result with ``status ==
     "interrupted"`` means the job checkpointed on a signal. ``resume_point(run_dir)`` says where a restart would
-    begin (the training step of the newest checkpoint), for the attempt log."""
+    begin (the training step of the newest checkpoint), for the attempt log. ``skip(cfg)`` says why a job has
+    nothing to compute (None: run it)."""
 
     name: str
     help: str
@@ -120,6 +131,7 @@ class JobKind:
     managed: tuple[str, ...] = ("out", "progress", "resume")
     presets: str | None = None
     resume_point: Callable[[Path], int | None] | None = None
+    skip: Callable[[Any], str | None] | None = None
 
     def config_class(self) -> type:
         return _import(self.config, f"job kind {self.name!r}")
@@ -191,6 +203,20 @@ def _run_probe(cfg: Any, run_dir: Path, progress: bool) -> dict[str, Any]:
     return run_probe(cfg)
 
 
+def probe_skip(cfg: Any) -> str | None:
+    """Why a probe job has nothing to compute, or None: colour input to a checkpoint trained on gray L (the
+    colour network's conv1 has zero ab weights, so its features are the gray ones, and the gray probe stands for
+    both, as in the paper's Fig. 7)."""
+    from xchannel.features.encoders import load_encoder, parse_spec
+
+    if cfg.input_mode != "color" or parse_spec(cfg.encoder)[0] != "checkpoint":
+        return None
+    if load_encoder(cfg.encoder, geometry=cfg.geometry).input_mode != "gray":
+        return None
+    return ("colour input to a network trained on gray L computes the gray features exactly (conv1's ab weights "
+            "are zero): the gray probe stands for both")
+
+
 def _pascal_runner(module: str) -> Callable[[Any, Path, bool], dict[str, Any]]:
     def run(cfg: Any, run_dir: Path, progress: bool) -> dict[str, Any]:
         task = _import(f"xchannel.pascal.{module}:run_task", f"PASCAL {module}")
@@ -216,7 +242,7 @@ register(JobKind("train", "pretext training (xchannel.train.engine.train, resume
                  "xchannel.train.config:TrainConfig", _run_train, distributed=True, managed=("out",),
                  presets="xchannel.sweep.jobs:train_preset", resume_point=_train_resume_point))
 register(JobKind("probe", "linear probes of a frozen encoder (xchannel.probe.run_probe; Fig. 7)",
-                 "xchannel.probe.run:ProbeConfig", _run_probe))
+                 "xchannel.probe.run:ProbeConfig", _run_probe, skip=probe_skip))
 for _kind, _module, _what in (("pascal-cls", "classification", "VOC2007 classification"),
                               ("pascal-seg", "segmentation", "segmentation (SBD -> VOC2011 seg11valid), FCN-32s"),
                               ("pascal-det", "detection", "VOC2007 detection, Fast R-CNN")):
@@ -246,6 +272,44 @@ def resource_fields() -> list[str]:
     from xchannel.sweep.cluster import ClusterProfile
 
     return [f.name for f in dataclasses.fields(ClusterProfile)]
+
+
+def resolve_needs(config: dict[str, Any], needs: Mapping[str, str], sweep_dir: Path, where: str) -> dict[str, Any]:
+    """``config`` with each key of ``needs`` (dotted) set to the run folder of the job it names, in ``sweep_dir``;
+    a :class:`UserError` when that job has no result yet."""
+    from xchannel.sweep.spec import expand_dotted
+
+    out = dict(config)
+    for key, dep_id in needs.items():
+        if read_result(Path(sweep_dir) / dep_id) is None:
+            raise UserError(f"{where} needs job {dep_id}, which has no result yet: run it first (the runners "
+                            f"order jobs by their needs)")
+        out = merge(out, expand_dotted({key: str(Path(sweep_dir) / dep_id / RUN_DIR)}, where))
+    return out
+
+
+def skipped(record: Mapping[str, Any] | None) -> bool:
+    """Whether a job's result record says it was skipped (its kind found nothing to compute)."""
+    result = (record or {}).get("result")
+    return isinstance(result, Mapping) and result.get("status") == "skipped"
+
+
+def machine_record() -> dict[str, Any]:
+    """The machine a job ran on: host, CPU model and what torch reports of it, CPUs, threads, GPU."""
+    import platform
+
+    import torch
+
+    from xchannel.runtime import cpu_capability
+
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"host": socket.gethostname(), "cpu_model": model or platform.processor(), "cpus": os.cpu_count(),
+            "cpu": cpu_capability(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -423,9 +487,14 @@ class SweepJob(submitit.helpers.Checkpointable):
             append_jsonl(job_dir / ATTEMPTS_FILE, attempt)
         relay = PreemptionRelay()
         try:
-            cfg = kind.build(self.job["config"], f"job {job_id}")
-            with relay:
-                out = kind.run(cfg, run_dir, sys.stderr.isatty())
+            config = resolve_needs(self.job["config"], self.job.get("needs") or {}, job_dir.parent, f"job {job_id}")
+            cfg = kind.build(config, f"job {job_id}")
+            reason = kind.skip(cfg) if kind.skip is not None else None
+            if reason is not None:
+                out = {"status": "skipped", "reason": reason}
+            else:
+                with relay:
+                    out = kind.run(cfg, run_dir, sys.stderr.isatty())
             relay.forward()  # a deferred preemption: submitit checkpoints, requeues and exits here
             if isinstance(out, dict) and out.get("status") == "interrupted":
                 raise JobInterrupted(f"job {job_id} stopped on a signal after checkpointing at step "
@@ -444,6 +513,7 @@ class SweepJob(submitit.helpers.Checkpointable):
                           "attempts": attempt["attempt"], "requeues": self.requeues, "host": attempt["host"],
                           "world_size": world_size, "started": started, "finished": finished,
                           "seconds": round(finished - started, 3), "submitit_job_id": attempt["submitit_job_id"],
+                          "needs": dict(self.job.get("needs") or {}), "machine": machine_record(),
                           "xchannel": __version__},
                   "result": out}
         if main:
@@ -454,4 +524,5 @@ class SweepJob(submitit.helpers.Checkpointable):
 
 __all__ = ["ATTEMPTS_FILE", "CONFIG_FILE", "ERROR_FILE", "JobInterrupted", "JobKind", "KINDS", "LOG_DIR",
            "PreemptionRelay", "RESULT_FILE", "RUN_DIR", "SUBMISSION_FILE", "SweepJob", "export_distributed_env",
-           "get_kind", "read_attempts", "read_json", "read_result", "register", "resource_fields", "train_preset"]
+           "get_kind", "machine_record", "probe_skip", "read_attempts", "read_json", "read_result", "register",
+           "resolve_needs", "resource_fields", "skipped", "train_preset"]

@@ -17,6 +17,13 @@ submitit, or by its process on this machine) is left alone; only missing and fai
 re-submitted job resumes from what its ``run/`` folder holds. One submitting process at a time holds the folder's
 lock. A failing job records its error and never stops the others.
 
+Dependencies (a job's ``needs``, :mod:`xchannel.sweep.spec`): a job starts only when every job it needs has a
+result. ``debug`` and ``here`` run the jobs in spec order (dependencies come from earlier groups); ``local`` starts
+a job once its dependencies have finished; ``slurm`` submits the jobs whose dependencies are in the same
+submission (or still pending or running from an earlier one) as arrays with ``--dependency=afterok:<ids>``
+(``--kill-on-invalid-dep=yes``: a failed dependency cancels them), one array per resource request and set of
+dependencies. A job whose dependency failed, or is neither done nor submitted, is *blocked*: not started, listed.
+
 Clusters (``--cluster``):
 
 ``local`` (default)
@@ -44,8 +51,8 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -278,6 +285,8 @@ def job_states(sweep: Sweep, sweep_dir: Path, jobs: Sequence[Job] | None = None)
             if (job_dir / ERROR_FILE).is_file():
                 st.state, st.detail = "failed", _error_summary(job_dir)
                 st.error_tail = error_tail(job_dir, None)
+            elif (dep := missing_need(job, sweep_dir)) is not None:
+                st.detail = f"needs {dep}, which has no result yet"
             out.append(st)
             continue
         cluster = sub.get("cluster")
@@ -318,6 +327,8 @@ def result_summary(record: dict[str, Any]) -> str:
     """One line about a finished job's result (its headline number where the kind has one)."""
     r = record.get("result") or {}
     kind = (record.get("job") or {}).get("kind")
+    if r.get("status") == "skipped":
+        return f"skipped: {r.get('reason', '')}"
     try:
         if kind == "train":
             loss = r.get("last_loss")
@@ -394,7 +405,18 @@ class SubmitReport:
     active: list[str] = field(default_factory=list)  # pending or running elsewhere (left alone)
     failed: list[str] = field(default_factory=list)  # failed in this call (in-process and local clusters)
     succeeded: list[str] = field(default_factory=list)  # finished in this call (in-process and local clusters)
+    blocked: dict[str, str] = field(default_factory=dict)  # not started: job id -> the dependency without a result
     cluster_job_ids: dict[str, str] = field(default_factory=dict)
+
+
+def missing_need(job: Job, sweep_dir: Path) -> str | None:
+    """The first job that ``job`` needs and that has no result yet, or None when it can run."""
+    return next((dep for dep in job.needs.values() if read_result(Path(sweep_dir) / dep) is None), None)
+
+
+def _block(job: Job, dep: str, report: SubmitReport, echo: Callable[[str], None]) -> None:
+    report.blocked[job.id] = dep
+    echo(f"  BLOCKED {job.id}  needs {dep}, which has no result")
 
 
 def select_jobs(sweep: Sweep, patterns: Sequence[str] | None) -> list[Job]:
@@ -494,6 +516,10 @@ def _run_debug(sweep: Sweep, sweep_dir: Path, todo: list[Job], profiles: dict[st
                report: SubmitReport, pdb: bool, echo: Callable[[str], None]) -> None:
     for job in todo:
         job_dir = sweep_dir / job.id
+        dep = missing_need(job, sweep_dir)
+        if dep is not None:
+            _block(job, dep, report, echo)
+            continue
         executor = make_executor("debug", job_dir / LOG_DIR, profiles[job.id])
         sjob = executor.submit(_make_job(sweep, sweep_dir, job))
         _write_submission(job_dir, _submission_record("debug", pid=os.getpid(), job_id=sjob.job_id,
@@ -533,8 +559,17 @@ def _run_local(sweep: Sweep, sweep_dir: Path, todo: list[Job], profiles: dict[st
     bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="job", disable=not progress, dynamic_ncols=True)
     try:
         while queue or active:
-            while queue and len(active) < parallel:
-                job = queue.pop(0)
+            for job in list(queue):
+                if len(active) >= parallel:
+                    break
+                dep = missing_need(job, sweep_dir)
+                if dep is not None and (dep in active or any(q.id == dep for q in queue)):
+                    continue  # starts when its dependency has finished
+                queue.remove(job)
+                if dep is not None:
+                    _block(job, dep, report, lambda m: bar.write(m) if progress else echo(m))
+                    bar.update(1)
+                    continue
                 job_dir = sweep_dir / job.id
                 executor = make_executor("local", job_dir / LOG_DIR, profiles[job.id])
                 sjob = executor.submit(_make_job(sweep, sweep_dir, job))
@@ -572,29 +607,82 @@ def _stop_local(active: dict[str, tuple[Job, Any]], echo: Callable[[str], None],
         echo(f"stopped {len(active)} running job(s): {', '.join(active)}; run the sweep again to resume them")
 
 
+def slurm_dependencies(job: Job, sweep_dir: Path, submitted: Mapping[str, str], waiting: Mapping[str, str],
+                       later: set[str]) -> list[str] | str | None:
+    """The SLURM job ids ``job`` must wait for (``afterok``), or, as a string, the dependency that blocks it, or
+    None when it must wait for a job not submitted yet (``later``). ``submitted``: sweep job id -> SLURM id of
+    this submission; ``waiting``: the same for jobs pending or running from an earlier one."""
+    ids = []
+    for dep in job.needs.values():
+        if read_result(Path(sweep_dir) / dep) is not None:
+            continue
+        if dep in submitted or dep in waiting:
+            ids.append(submitted.get(dep) or waiting[dep])
+        elif dep in later:
+            return None
+        else:
+            return dep
+    return sorted(set(ids))
+
+
+def dependency_parameters(ids: Sequence[str]) -> dict[str, str]:
+    """``#SBATCH`` options that hold an array until the SLURM jobs ``ids`` have ended well (and cancel it if one
+    of them failed)."""
+    return {"dependency": "afterok:" + ":".join(ids), "kill_on_invalid_dep": "yes"} if ids else {}
+
+
 def _submit_slurm(sweep: Sweep, sweep_dir: Path, todo: list[Job], profiles: dict[str, ClusterProfile],
                   report: SubmitReport, echo: Callable[[str], None]) -> None:
-    """One job array per distinct resource request."""
-    groups: dict[str, list[Job]] = {}
-    for job in todo:
-        groups.setdefault(json.dumps(to_dict(profiles[job.id]), sort_keys=True), []).append(job)
+    """One job array per distinct resource request and set of dependencies, in waves: a job is submitted once the
+    jobs it needs are (:func:`slurm_dependencies`)."""
+    needed = {dep for job in todo for dep in job.needs.values()} - {job.id for job in todo}
+    waiting = {st.id: st.cluster_job_id for st in job_states(sweep, sweep_dir, [sweep.job(d) for d in needed])
+               if st.state in ("pending", "running") and st.cluster == "slurm" and st.cluster_job_id}
+    submitted: dict[str, str] = {}
+    left = list(todo)
+    while left:
+        groups: dict[tuple[str, tuple[str, ...]], list[Job]] = {}
+        later = {job.id for job in left}
+        for job in list(left):
+            deps = slurm_dependencies(job, sweep_dir, submitted, waiting, later)
+            if deps is None:
+                continue
+            left.remove(job)
+            if isinstance(deps, str):
+                _block(job, deps, report, echo)
+                continue
+            key = (json.dumps(to_dict(profiles[job.id]), sort_keys=True), tuple(deps))
+            groups.setdefault(key, []).append(job)
+        if not groups and left:  # what is left waits for jobs that were blocked
+            for job in left:
+                _block(job, next(d for d in job.needs.values() if d in report.blocked or d in later), report, echo)
+            return
+        for (_, deps), jobs in groups.items():
+            _submit_array(sweep, sweep_dir, jobs, profiles[jobs[0].id], list(deps), report, echo)
+            submitted.update({job.id: report.cluster_job_ids[job.id] for job in jobs})
+
+
+def _submit_array(sweep: Sweep, sweep_dir: Path, jobs: list[Job], profile: ClusterProfile, deps: list[str],
+                  report: SubmitReport, echo: Callable[[str], None]) -> None:
+    """Submit ``jobs`` as one SLURM array with ``profile``, held until the SLURM jobs ``deps`` ended well."""
     folder = sweep_dir / SUBMITIT_DIR / "%j"
-    for jobs in groups.values():
-        profile = profiles[jobs[0].id]
-        executor = make_executor("slurm", folder, profile)
-        executor.update_parameters(name=f"{profile.job_name}-{sweep.name}")
-        with executor.batch():
-            sjobs = [executor.submit(_make_job(sweep, sweep_dir, job)) for job in jobs]
-        array = sjobs[0].job_id.split("_")[0] if sjobs else "?"
-        echo(f"submitted {len(jobs)} job(s) as SLURM array {array} (at most {profile.array_parallelism} at once; "
-             f"{profile.nodes} node(s) x {profile.tasks_per_node} task(s), {profile.gpus_per_node} GPU(s) per node, "
-             f"{profile.timeout_min} min)")
-        for job, sjob in zip(jobs, sjobs):
-            job_dir = sweep_dir / job.id
-            _write_submission(job_dir, _submission_record("slurm", job_id=str(sjob.job_id), log_folder=str(folder)))
-            _link_logs(job_dir, sweep_dir / SUBMITIT_DIR / str(sjob.job_id))
-            report.submitted.append(job.id)
-            report.cluster_job_ids[job.id] = str(sjob.job_id)
+    if deps:
+        profile = replace(profile, additional_parameters={**profile.additional_parameters,
+                                                          **dependency_parameters(deps)})
+    executor = make_executor("slurm", folder, profile)
+    executor.update_parameters(name=f"{profile.job_name}-{sweep.name}")
+    with executor.batch():
+        sjobs = [executor.submit(_make_job(sweep, sweep_dir, job)) for job in jobs]
+    array = sjobs[0].job_id.split("_")[0] if sjobs else "?"
+    echo(f"submitted {len(jobs)} job(s) as SLURM array {array} (at most {profile.array_parallelism} at once; "
+         f"{profile.nodes} node(s) x {profile.tasks_per_node} task(s), {profile.gpus_per_node} GPU(s) per node, "
+         f"{profile.timeout_min} min)" + (f", after {', '.join(deps)}" if deps else ""))
+    for job, sjob in zip(jobs, sjobs):
+        job_dir = sweep_dir / job.id
+        _write_submission(job_dir, _submission_record("slurm", job_id=str(sjob.job_id), log_folder=str(folder)))
+        _link_logs(job_dir, sweep_dir / SUBMITIT_DIR / str(sjob.job_id))
+        report.submitted.append(job.id)
+        report.cluster_job_ids[job.id] = str(sjob.job_id)
 
 
 def _link_logs(job_dir: Path, target: Path) -> None:
@@ -644,6 +732,11 @@ def _run_here(sweep: Sweep, sweep_dir: Path, chosen: list[Job], profile: Cluster
         kind = get_kind(job.kind)
         if not kind.distributed and not world.is_main:
             continue
+        dep = missing_need(job, sweep_dir)
+        if dep is not None:
+            if world.is_main:
+                _block(job, dep, report, echo)
+            continue
         if world.is_main:
             _retire_error(job_dir)
             _write_submission(job_dir, _submission_record(
@@ -661,5 +754,6 @@ def _run_here(sweep: Sweep, sweep_dir: Path, chosen: list[Job], profile: Cluster
 
 
 __all__ = ["CLUSTERS", "DEFAULT_ROOT", "JobStatus", "STATES", "SWEEP_FILE", "SubmitReport", "default_sweep_dir",
-           "error_tail", "format_status", "is_sweep_dir", "job_profile", "job_states", "load_sweep",
+           "dependency_parameters", "error_tail", "format_status", "is_sweep_dir", "job_profile", "job_states",
+           "load_sweep", "missing_need", "slurm_dependencies",
            "result_summary", "select_jobs", "submit_sweep", "sweep_lock", "tail_lines", "wait_for", "write_sweep"]

@@ -11,6 +11,9 @@ File format (every key is checked: an unknown or misspelt key is an error naming
     variables:                         # ${NAME} anywhere below is replaced by the value; --var NAME=VALUE overrides
       imagenet: null                   # null = must be given on the command line (an error names it otherwise)
       protocol: zhang16
+    variable_sets:                     # defaults chosen by which variables are set (see below)
+      full: {when: [imagenet], values: {epochs: 28}}
+      small: {values: {epochs: 2}}
     axes:                              # shared axes: NAME -> {LABEL: {config key: value, ...}, ...}
       encoder:
         gaussian: {encoder: gaussian}
@@ -19,6 +22,7 @@ File format (every key is checked: an unknown or misspelt key is an error naming
         gray: {input_mode: gray}
         color: {input_mode: color}
       seed: {key: seed, values: [0, 1], label: "s{}"}   # short form: LABEL = label.format(value)
+      task: {registry: pretext, config: demo}            # one label per registered pretext task (see below)
     groups:                            # each group is the product of its axes
       - kind: probe                    # a job kind of xchannel.sweep.jobs (train, probe, pascal-cls, ...)
         tag: probe                     # first part of the job ids (default: the kind)
@@ -26,12 +30,31 @@ File format (every key is checked: an unknown or misspelt key is an error naming
         axes: [encoder, input, seed]   # shared axis names, or inline {NAME: {LABEL: {...}}} mappings
         exclude: [{encoder: kmeans, input: gray}]                # combinations to leave out
         rules: [{match: {encoder: supervised, input: color}, set: {input_mode: rgb}}]   # per-combination fixes
+        set: ["${probe}", {epochs: 2}] # config keys set on every job, last (mappings, or variables holding them)
+        needs: {encoder: train}        # config key <- the run folder of a job of an earlier group (see below)
         resources: {timeout_min: 240}  # cluster profile fields for this group's jobs (xchannel.sweep.cluster)
     report: [figure7]                  # what `xchannel report` draws from the results
 
 Config keys may be dotted (``optim.lr: 0.01``); values merge recursively over the group's base config in axis
-order, then rules apply. A job config may name a ``preset`` of its kind (a named training config for ``train``,
-the task's presets for the PASCAL kinds) under which the rest is merged.
+order, then rules apply, then the group's ``set``. A job config may name a ``preset`` of its kind (a named training
+config for ``train``, the task's presets for the PASCAL kinds) under which the rest is merged.
+
+Variable sets: each entry of ``variable_sets`` (in file order) may list variables under ``when``; the first entry
+whose ``when`` variables are all set (not null, by the file or ``--var``) is chosen, and its ``values`` fill the
+variables that ``--var`` does not give. An entry with some but not all of its ``when`` variables set is an error (a
+half-given data set), and an entry without ``when`` is the fallback. So one spec runs on the embedded data set by
+default and on ImageNet with ``--var imagenet=... --var voc=...``.
+
+Registry axes: ``{registry: pretext}`` has one label per pretext task registered in :data:`xchannel.pretext.TASKS`
+when the spec is expanded (a task added to the registry joins without a spec edit); with ``config: SCALE``
+(``demo`` or ``imagenet``) each label sets ``preset`` to that task's shipped training config
+(:func:`xchannel.pretext.task_config`), without it the labels set nothing (for groups that evaluate the tasks).
+
+Dependencies: ``needs: {KEY: TAG}`` makes every job of the group depend on the one job of the earlier group
+``TAG`` whose labels agree with its own on the axes the two share (exactly one must); the job's config key ``KEY``
+(dotted) holds ``sweep-job:<that job's id>`` (so the id, and the dependent's hash, change with the dependency's
+config) and is set, when the job runs, to that job's run folder (:func:`xchannel.sweep.jobs.resolve_needs`). The
+runners start a job only once its dependencies have results (:mod:`xchannel.sweep.runner`).
 
 Job ids are human-readable and stable: ``<tag>-<label>-<label>...-<hash>``, e.g. ``probe-gaussian-gray-s0-1f3a9c2e``,
 where the hash is the first 8 hex digits of the SHA-256 of the kind and the job's resolved config as the spec gives
@@ -59,6 +82,8 @@ from xchannel.utils.config import from_dict, load_yaml, merge
 SPEC_PACKAGE = "xchannel.sweep"
 SPEC_FOLDER = "specs"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: How a job config refers to another job's run folder until it runs (``needs``; module docstring).
+JOB_REF = "sweep-job:"
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9._+-]+")
 HASH_LENGTH = 8
 
@@ -78,7 +103,17 @@ class GroupSpec:
     axes: list[Any] = field(default_factory=list)
     exclude: list[dict[str, Any]] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
-    resources: dict[str, Any] = field(default_factory=dict)
+    set: Any = field(default_factory=dict)  # a mapping of config keys ("${VARIABLE}" holding one), or a list of them
+    needs: dict[str, str] = field(default_factory=dict)  # config key -> tag of an earlier group
+    resources: Any = field(default_factory=dict)  # cluster profile fields (or "${VARIABLE}" holding them)
+
+
+@dataclass
+class VariableSet:
+    """Defaults of some variables, chosen when every variable of ``when`` is set (module docstring)."""
+
+    when: list[str] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,6 +123,7 @@ class SpecFile:
     name: str = ""
     description: str = ""
     variables: dict[str, Any] = field(default_factory=dict)
+    variable_sets: dict[str, Any] = field(default_factory=dict)  # name -> VariableSet fields
     axes: dict[str, Any] = field(default_factory=dict)
     groups: list[GroupSpec] = field(default_factory=list)
     report: list[str] = field(default_factory=list)
@@ -120,6 +156,7 @@ class Job:
     config: dict[str, Any]  # the job's config as the spec resolves it (the kind's dataclass validates it)
     resources: dict[str, Any] = field(default_factory=dict)  # cluster profile fields for this job
     config_hash: str = ""
+    needs: dict[str, str] = field(default_factory=dict)  # config key -> id of the job whose run folder it takes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,6 +174,8 @@ class Sweep:
     description: str = ""
     source: str = ""
     variables: dict[str, Any] = field(default_factory=dict)
+    variable_set: str = ""  # the chosen entry of the spec's variable_sets ("" when it has none)
+    given: dict[str, Any] = field(default_factory=dict)  # the variables given on the command line (--var)
     report: list[str] = field(default_factory=list)
     jobs: list[Job] = field(default_factory=list)
 
@@ -149,7 +188,9 @@ class Sweep:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "source": self.source,
-                "variables": self.variables, "report": list(self.report), "jobs": [j.to_dict() for j in self.jobs]}
+                "variables": self.variables, "variable_set": self.variable_set, "given": self.given,
+                "report": list(self.report),
+                "jobs": [j.to_dict() for j in self.jobs]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "sweep") -> "Sweep":
@@ -230,7 +271,8 @@ def expand_spec(data: dict[str, Any], where: str = "sweep spec", variables: dict
     if unknown:
         raise UserError(f"{where}: --var {', '.join(unknown)}: no such variable; the spec's variables are "
                         f"{', '.join(sorted(raw.variables)) or '(none)'}")
-    merged = {**raw.variables, **given}
+    chosen, defaults = choose_variable_set(raw, given, where)
+    merged = {**raw.variables, **defaults, **given}
     values = resolve_variables(merged, where)
     used = referenced_variables([raw.axes, [dataclasses.asdict(g) for g in raw.groups]])
     unset = sorted(n for n in used if n in merged and merged[n] is None)  # null in the file, not given
@@ -249,18 +291,40 @@ def expand_spec(data: dict[str, Any], where: str = "sweep spec", variables: dict
     seen: dict[str, str] = {}
     for gi, group in enumerate(raw.groups):
         gwhere = f"{where}: groups[{gi}]" + (f" ({group.tag or group.kind})" if group.kind else "")
-        for job in expand_group(group, shared, values, gwhere):
+        for job in expand_group(group, shared, values, gwhere, earlier=jobs):
             if job.id in seen:
                 raise UserError(f"{gwhere}: job {job.id} is also made by {seen[job.id]}: two jobs with the same kind, "
                                 f"tag, labels and config would share one folder; give the groups different tags")
             seen[job.id] = gwhere
             jobs.append(job)
     return Sweep(name=name, description=raw.description.strip(), source=where,
-                 variables={k: v for k, v in values.items()}, report=list(raw.report), jobs=jobs)
+                 variables={k: v for k, v in values.items()}, variable_set=chosen, given=given,
+                 report=list(raw.report), jobs=jobs)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Variables
+
+
+def choose_variable_set(raw: SpecFile, given: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    """The first entry of ``raw.variable_sets`` whose ``when`` variables are all set (module docstring) and its
+    values: ``("", {})`` when none applies. An entry whose ``when`` variables are only partly set is an error."""
+    current = {**raw.variables, **given}
+    for name, fields in raw.variable_sets.items():
+        swhere = f"{where}: variable_sets.{name}"
+        entry = from_dict(VariableSet, fields if isinstance(fields, dict) else {"values": fields}, swhere)
+        unknown = sorted((set(entry.when) | set(entry.values)) - set(raw.variables))
+        if unknown:
+            raise UserError(f"{swhere}: {', '.join(unknown)}: not a variable of the spec (declare it under "
+                            f"'variables')")
+        unset = [v for v in entry.when if current.get(v) is None]
+        if entry.when and len(unset) < len(entry.when) and unset:
+            have = [v for v in entry.when if v not in unset]
+            raise UserError(f"{swhere}: {', '.join(have)} given without {', '.join(unset)}: this set of "
+                            f"variables needs " + " ".join(f"--var {v}=VALUE" for v in entry.when))
+        if not unset:
+            return name, dict(entry.values)
+    return "", {}
 
 
 def resolve_variables(variables: dict[str, Any], where: str) -> dict[str, Any]:
@@ -361,7 +425,9 @@ def parse_axis(name: str, spec: Any, where: str) -> Axis:
     """An axis from ``{LABEL: {key: value}}`` or the short form ``{key: K, values: [...], label: "fmt{}"}``."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
         raise UserError(f"{where}: axis name {name!r} must be an identifier")
-    if isinstance(spec, dict) and "values" in spec and set(spec) <= {"key", "values", "label"}:
+    if isinstance(spec, dict) and "registry" in spec:
+        items = registry_axis(spec, where)
+    elif isinstance(spec, dict) and "values" in spec and set(spec) <= {"key", "values", "label"}:
         if "key" not in spec or not isinstance(spec["values"], list):
             raise UserError(f"{where}: the short form of an axis is {{key: CONFIG_KEY, values: [...], "
                             f"label: FORMAT}}")
@@ -387,6 +453,21 @@ def parse_axis(name: str, spec: Any, where: str) -> Axis:
         raise UserError(f"{where}: label(s) {', '.join(dupes)} appear more than once")
     return Axis(str(name), tuple((label, expand_dotted(o, f"{where}.{label}")) for label, (_, o) in
                                  zip(labels, items)))
+
+
+def registry_axis(spec: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The values of ``{registry: pretext[, config: SCALE]}``: one per task of :data:`xchannel.pretext.TASKS` as it
+    is now, each setting ``preset`` to the task's shipped config for ``SCALE`` when given (module docstring)."""
+    from xchannel.pretext import TASKS, task_config
+
+    if set(spec) - {"registry", "config"} or spec["registry"] != "pretext":
+        raise UserError(f"{where}: a registry axis is {{registry: pretext, config: SCALE}} (config optional), "
+                        f"got {spec!r}")
+    scale = spec.get("config")
+    try:
+        return [(name, {} if scale is None else {"preset": task_config(name, str(scale))}) for name in TASKS]
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
 
 
 def _value_label(value: Any) -> str:
@@ -470,8 +551,10 @@ def _matches(matcher: dict[str, set[str]], labels: dict[str, str]) -> bool:
     return all(labels[axis] in wanted for axis, wanted in matcher.items())
 
 
-def expand_group(group: GroupSpec, shared: dict[str, Axis], variables: dict[str, Any], where: str) -> list[Job]:
-    """The jobs of one group: the product of its axes, minus exclusions, each config validated by its kind."""
+def expand_group(group: GroupSpec, shared: dict[str, Axis], variables: dict[str, Any], where: str,
+                 earlier: list[Job] = ()) -> list[Job]:
+    """The jobs of one group: the product of its axes, minus exclusions, each config validated by its kind;
+    ``earlier``: the jobs of the groups before it (what ``needs`` refers to)."""
     from xchannel.sweep.jobs import get_kind, resource_fields
 
     if not group.kind:
@@ -492,7 +575,16 @@ def expand_group(group: GroupSpec, shared: dict[str, Axis], variables: dict[str,
             raise UserError(f"{rwhere}: a rule is {{match: {{AXIS: LABEL}}, set: {{config key: value}}}}")
         rules.append((_matcher(rule["match"], axes, rwhere),
                       expand_dotted(substitute(rule["set"], variables, rwhere), rwhere)))
+    last: dict[str, Any] = {}
+    given = substitute(group.set, variables, f"{where}: set")
+    for i, part in enumerate(given if isinstance(given, list) else [given]):
+        if not isinstance(part, dict):
+            raise UserError(f"{where}: set must be a mapping of config keys, a variable holding one, or a list of "
+                            f"them, got {part!r}")
+        last = merge(last, expand_dotted(part, f"{where}: set[{i}]"))
     resources = substitute(group.resources, variables, f"{where}: resources")
+    if not isinstance(resources, dict):
+        raise UserError(f"{where}: resources must be a mapping of cluster profile fields, got {resources!r}")
     unknown = sorted(set(resources) - set(resource_fields()))
     if unknown:
         raise UserError(f"{where}: resources: unknown field(s) {', '.join(map(repr, unknown))}; cluster profile "
@@ -508,19 +600,51 @@ def expand_group(group: GroupSpec, shared: dict[str, Axis], variables: dict[str,
         for matcher, overrides in rules:
             if _matches(matcher, labels):
                 config = merge(config, overrides)
+        config = merge(config, last)
         label_text = "-".join(labels.values())
         jwhere = f"{where}: job {tag}{'-' + label_text if label_text else ''}"
         managed = sorted(set(kind.managed) & set(config))
         if managed:
             raise UserError(f"{jwhere}: config.{managed[0]} is set by the sweep; remove it from the axes")
+        needs = {key: _needed_job(dep_tag, labels, earlier, f"{jwhere}: needs.{key}").id
+                 for key, dep_tag in group.needs.items()}
+        for key, dep_id in needs.items():
+            if _has_dotted(config, key):
+                raise UserError(f"{jwhere}: config.{key} is set by 'needs' (the run folder of {dep_id}); remove it "
+                                f"from the config and axes")
+            config = merge(config, expand_dotted({key: JOB_REF + dep_id}, f"{jwhere}: needs"))
         kind.build(config, jwhere)  # validate now: a typo fails before anything is submitted
         digest = config_hash(kind.name, config)
         job_id = "-".join([tag, *labels.values(), digest])
         jobs.append(Job(id=job_id, kind=kind.name, tag=tag, labels=labels, config=config,
-                        resources=dict(resources), config_hash=digest))
+                        resources=dict(resources), config_hash=digest, needs=needs))
     if not jobs:
         raise UserError(f"{where}: every combination is excluded: the group makes no job")
     return jobs
+
+
+def _needed_job(tag: str, labels: dict[str, str], earlier: list[Job], where: str) -> Job:
+    """The one job of the earlier group ``tag`` whose labels agree with ``labels`` on their shared axes."""
+    group = [j for j in earlier if j.tag == tag]
+    if not group:
+        tags = sorted({j.tag for j in earlier})
+        raise UserError(f"{where}: no earlier group with tag {tag!r} (earlier tags: {', '.join(tags) or 'none'})")
+    hits = [j for j in group if all(labels[a] == v for a, v in j.labels.items() if a in labels)]
+    if len(hits) != 1:
+        what = ", ".join(f"{a}={v}" for a, v in labels.items()) or "no labels"
+        found = "none" if not hits else ", ".join(j.id for j in hits)
+        raise UserError(f"{where}: exactly one job of group {tag!r} must match {what} on the axes they share; "
+                        f"found {found}")
+    return hits[0]
+
+
+def _has_dotted(config: dict[str, Any], key: str) -> bool:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def config_hash(kind: str, config: dict[str, Any]) -> str:
@@ -530,6 +654,7 @@ def config_hash(kind: str, config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
 
 
-__all__ = ["Axis", "GroupSpec", "Job", "SPEC_PACKAGE", "SpecFile", "Sweep", "clean_label", "config_hash",
-           "expand_dotted", "expand_group", "expand_spec", "load_spec", "named_specs", "parse_axis",
-           "parse_var_overrides", "resolve_spec_path", "resolve_variables", "spec_name", "substitute"]
+__all__ = ["Axis", "GroupSpec", "JOB_REF", "Job", "SPEC_PACKAGE", "SpecFile", "Sweep", "VariableSet",
+           "choose_variable_set", "clean_label", "config_hash", "expand_dotted", "expand_group", "expand_spec",
+           "load_spec", "named_specs", "parse_axis", "parse_var_overrides", "registry_axis", "resolve_spec_path",
+           "resolve_variables", "spec_name", "substitute"]
