@@ -80,7 +80,7 @@ def tiny(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny")
     make_dataset(root, SyntheticSpec(classes=2, train_per_class=8, val_per_class=4, voc_trainval=8, voc_test=8,
-                                     size=64), overwrite=True)
+                                     seg_val=8, size=64), overwrite=True)
     return root
 
 

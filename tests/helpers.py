@@ -16,10 +16,11 @@ from xchannel.data.synthetic import SyntheticSpec, make_dataset
 def synthetic_voc(factory: pytest.TempPathFactory, *, voc_trainval: int, voc_test: int, size: int = 96,
                   voc2012: bool = False) -> Path:
     """A small embedded data set in a fresh temporary folder (2 ImageFolder classes of 2 + 1 images, the VOC trees
-    with the given sizes); returns its ``VOCdevkit`` folder."""
+    with the given sizes, VOC2011 with ``voc_trainval`` segmentation val images); returns its ``VOCdevkit``
+    folder."""
     root = factory.mktemp("voc")
-    make_dataset(root, SyntheticSpec(voc_trainval=voc_trainval, voc_test=voc_test, classes=2, train_per_class=2,
-                                     val_per_class=1, size=size, voc2012=voc2012))
+    make_dataset(root, SyntheticSpec(voc_trainval=voc_trainval, voc_test=voc_test, seg_val=voc_trainval, classes=2,
+                                     train_per_class=2, val_per_class=1, size=size, voc2012=voc2012))
     return root / "VOCdevkit"
 
 

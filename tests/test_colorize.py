@@ -86,7 +86,7 @@ def test_prior_command_counts_the_data_and_training_accepts_it(tmp_path, capsys)
     from xchannel.data.synthetic import SyntheticSpec, make_dataset
     from xchannel.pretext.colorization import load_prior
 
-    make_dataset(tmp_path / "d", SyntheticSpec(classes=2, train_per_class=3, val_per_class=1, voc_trainval=0,
+    make_dataset(tmp_path / "d", SyntheticSpec(classes=2, train_per_class=3, val_per_class=1, voc_trainval=0, seg_val=0,
                                               voc_test=0, voc2012=False, size=48))
     train_dir = tmp_path / "d" / "imagenet" / "train"
     (train_dir / "c0_bad").mkdir()

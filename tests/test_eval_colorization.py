@@ -39,7 +39,7 @@ def single_thread():
 def data(tmp_path_factory) -> Path:
     """A tiny embedded data set: 4 classes, 24 train and 8 val images each, 48 px."""
     out = tmp_path_factory.mktemp("embedded")
-    make_dataset(out, SyntheticSpec(seed=3, classes=4, train_per_class=24, val_per_class=8, voc_trainval=0,
+    make_dataset(out, SyntheticSpec(seed=3, classes=4, train_per_class=24, val_per_class=8, voc_trainval=0, seg_val=0,
                                     voc_test=0, voc2012=False, size=SIZE))
     return out / "imagenet"
 

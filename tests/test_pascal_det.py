@@ -290,7 +290,7 @@ def test_end_to_end_writes_comp4_files_that_evaluate_voc_det_scores(tiny_voc: Pa
     assert groups["conv1.weights"] == (1.0, 1.0) and groups["cls_score.biases"] == (2.0, 0.0)  # Fast R-CNN's
     # each split's selective search boxes in R-CNN's release format, reusable as --proposal-files
     mats = {s: saved["proposals"][s]["rcnn_file"] for s in ("train", "test")}
-    assert [Path(m).name for m in mats.values()] == ["voc_2007_trainval.mat", "voc_2007_test.mat"]
+    assert [Path(m).name for m in mats.values()] == ["voc_2007_train.mat", "voc_2007_test.mat"]  # demo: train
 
     folder = Path(result["testing"]["results_dir"])
     files = sorted(folder.glob("comp4_det_test_*.txt"))

@@ -28,7 +28,7 @@ CAFFENET_227 = {"conv1": (96, 55, 55), "conv2": (256, 27, 27), "conv3": (384, 13
 def data(tmp_path_factory):
     """A tiny ImageFolder set: 4 classes, 24 train and 12 val images each, 64 px."""
     out = tmp_path_factory.mktemp("probe_data")
-    make_dataset(out, SyntheticSpec(classes=4, train_per_class=24, val_per_class=12, voc_trainval=0, voc_test=0,
+    make_dataset(out, SyntheticSpec(classes=4, train_per_class=24, val_per_class=12, voc_trainval=0, voc_test=0, seg_val=0,
                                     voc2012=False, size=64))
     return out / "imagenet"
 

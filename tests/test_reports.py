@@ -118,3 +118,29 @@ def test_reports_import_no_training_code():
     banned = ("xchannel.train", "xchannel.pretext", "xchannel.models", "xchannel.features", "xchannel.probe",
               "xchannel.pascal.prepare", "xchannel.evaluation", "xchannel.commands")
     assert [m for m in loaded if m.startswith(banned)] == []
+
+
+def _pascal_result(spec: str, column: str, value: float, lo: float, hi: float, pretext: str | None) -> dict:
+    return {"kind": "pascal", "table2_column": column, "_path": f"{spec}-{column}.json", "created": "2026-12-07",
+            "headline": {"value": value, "uncertainty": {"value": value, "ci95": [lo, hi],
+                                                         "half_width": (hi - lo) / 2}},
+            "row": {"encoder": spec, "spec": spec, "input_mode": "gray", "weights_fingerprint": spec,
+                    "dataset": "embedded", "pretext": pretext}}
+
+
+def test_table2_puts_the_calibration_rows_first_and_says_where_they_separate():
+    """Issue #18: the supervised row (the ceiling) and the Gaussian row (the floor) lead the measured rows, and the
+    table says per column whether the supervised encoder is above the Gaussian one beyond both 95 % intervals."""
+    from xchannel.reports.table2 import calibration_lines, measured_rows
+
+    results = [_pascal_result("ours.pt", "cls_fc8", 17.6, 16.0, 19.0, "colorization"),
+               _pascal_result("gaussian:width=0.25", "cls_fc8", 10.9, 9.5, 12.5, None),
+               _pascal_result("gaussian:width=0.25", "det", 10.0, 8.0, 12.0, None),
+               _pascal_result("sup.pt", "cls_fc8", 38.3, 36.0, 41.0, "supervised"),
+               _pascal_result("sup.pt", "det", 11.0, 9.0, 13.0, "supervised")]
+    rows = measured_rows(results)
+    assert [r.spec for r in rows] == ["sup.pt", "gaussian:width=0.25", "ours.pt"]
+    (line,) = calibration_lines(rows)
+    assert "fc8 (% mAP): separated (38.3 ± 2.5 vs 10.9 ± 1.5)" in line
+    assert "Detection (% mAP): not separated" in line
+    assert calibration_lines(rows[1:]) == []  # no supervised row: nothing to say

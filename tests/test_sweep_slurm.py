@@ -54,7 +54,7 @@ def finished_sweep(slurm_cluster, tmp_path_factory):
     from xchannel.data.synthetic import SyntheticSpec, make_dataset
 
     tmp = tmp_path_factory.mktemp("sweep-slurm")
-    make_dataset(tmp / "data", SyntheticSpec(classes=2, train_per_class=8, val_per_class=2, voc_trainval=0,
+    make_dataset(tmp / "data", SyntheticSpec(classes=2, train_per_class=8, val_per_class=2, voc_trainval=0, seg_val=0,
                                              voc_test=0, voc2012=False, size=64), overwrite=True)
     sweep = expand_spec(_spec(tmp / "data" / "imagenet" / "train", tmp / "nowhere"))
     requeued, signalled, broken = sweep.jobs

@@ -24,8 +24,10 @@ from xchannel.data.synthetic import (LUMA, SHAPE_CLASSES, SyntheticSpec, backgro
 from xchannel.data.voc import (VOC_CLASSES, VOCClassification, VOCDetection, VOCSegmentation, read_annotation,
                                read_class_labels, read_image_set)
 
-TINY = SyntheticSpec(seed=3, classes=3, train_per_class=2, val_per_class=1, voc_trainval=4, voc_test=2, size=64)
-SMALL = SyntheticSpec(seed=1, classes=8, train_per_class=20, val_per_class=8, voc_trainval=40, voc_test=10, size=96)
+TINY = SyntheticSpec(seed=3, classes=3, train_per_class=2, val_per_class=1, voc_trainval=4, voc_test=2, seg_val=6,
+                     size=64)
+SMALL = SyntheticSpec(seed=2, classes=8, train_per_class=20, val_per_class=8, voc_trainval=40, voc_test=10, seg_val=20,
+                      size=96)
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +62,16 @@ def _mode_distance(hue: np.ndarray, modes: tuple[float, ...]) -> np.ndarray:
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    a = make_dataset(tmp_path / "a", TINY)
-    make_dataset(tmp_path / "b", TINY)
+    a = make_dataset(tmp_path / "a", TINY, workers=1)
+    make_dataset(tmp_path / "b", TINY, workers=2)  # rendered in two processes: the same bytes
     make_dataset(tmp_path / "c", SyntheticSpec(**{**TINY.__dict__, "seed": 4}))
     da, db, dc = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
     assert da == db and len(da) > 40
     images = [k for k in da if k.endswith((".jpg", ".JPEG"))]
-    # ImageFolder 3 x 3, VOC2007 4 + 2, VOC2012 4, VOC2011 4, SBD: copies of VOC2011's 2 train images + 2 own
-    assert len(images) == 3 * 3 + 4 + 2 + 4 + 4 + 4
-    assert len([k for k in da if k.startswith("SBD/dataset/cls/") and k.endswith(".mat")]) == 4
+    # ImageFolder 3 x 3, VOC2007 4 + 2, VOC2012 4, VOC2011 2 train + 6 val, SBD: copies of VOC2011's 2 train
+    # images and of a third of its val images (2) + 2 own
+    assert len(images) == 3 * 3 + 4 + 2 + 4 + 8 + 6
+    assert len([k for k in da if k.startswith("SBD/dataset/cls/") and k.endswith(".mat")]) == 6
     assert all(da[k] != dc[k] for k in images)
     assert a["imagenet"]["images"] == {"train": 6, "val": 3}
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["spec"]["seed"] == 3
@@ -213,15 +216,28 @@ def test_lightness_alone_separates_the_classes(small):
     assert acc > 2 * chance
 
 
-def test_default_set_generates_well_under_a_minute(tmp_path):
-    start = time.perf_counter()
-    m = make_dataset(tmp_path, SyntheticSpec())
-    seconds = time.perf_counter() - start
-    print(f"\ndefault synthetic set: {m['images']} images in {seconds:.1f} s")
-    assert m["images"] == 16 * 50 + 100 + 100 + 100 + 100 + 50  # ... VOC2012, VOC2011, SBD's own images
-    assert m["sbd"]["seg11valid"] > 0 and m["sbd"]["train"] > 50
-    assert m["voc"]["2007"]["difficult"] > 0 and m["voc"]["2007"]["truncated"] > 0
-    assert len(m["imagenet"]["gray_images"]) > 0
-    gray = tmp_path / "imagenet" / m["imagenet"]["gray_images"][0]
-    assert Image.open(gray).mode == "L"
-    assert seconds < 60
+def test_set_sizes_follow_the_spec(tmp_path):
+    """The counts of every tree (the default set's composition at a smaller scale): the evaluation sets are the
+    spec's, VOC2011 has half of voc_trainval for train plus seg_val, SBD holds VOC2011's train images, a third of
+    its val images and voc_trainval // 2 of its own (four fifths of them in its train list)."""
+    spec = SyntheticSpec(classes=4, train_per_class=3, val_per_class=5, voc_trainval=12, voc_test=9, seg_val=6,
+                         size=64)
+    m = make_dataset(tmp_path, spec)
+    assert m["images"] == 4 * 8 + 12 + 9 + 12 + (6 + 6) + 6
+    assert m["imagenet"]["images"] == {"train": 12, "val": 20}
+    assert m["voc"]["2007"]["images"] == {"train": 6, "val": 6, "trainval": 12, "test": 9}
+    assert m["voc"]["2011"]["images"] == {"train": 6, "val": 6, "trainval": 12}
+    assert m["sbd"] == {"train": 6 + 2 + 4, "val": 2, "seg11valid": 4}
+    assert m["voc"]["2007"]["truncated"] > 0
+    seg11valid = (tmp_path / "VOCdevkit/VOC2011/ImageSets/Segmentation/seg11valid.txt").read_text().split()
+    sbd_train = set((tmp_path / "SBD/dataset/train.txt").read_text().split())
+    assert len(seg11valid) == 4 and not sbd_train & set(seg11valid)
+
+
+def test_default_set_has_evaluation_sets_for_two_point_intervals():
+    """Issue #18: probe accuracy on 2400 val images (95 % half-width <= 2 points at any accuracy), 600 VOC2007 test
+    images for classification and detection, 200 seg11valid images."""
+    spec = SyntheticSpec()
+    n_val = spec.classes * spec.val_per_class
+    assert n_val >= 2400 and 1.96 * (0.25 / n_val) ** 0.5 < 0.0201
+    assert spec.voc_test >= 600 and spec.seg_val - spec.seg_val // 3 >= 200

@@ -266,10 +266,10 @@ def embedded_data(settings: Settings) -> Path:
     from xchannel.data.synthetic import SyntheticSpec, make_dataset
     from xchannel.utils.config import to_dict
 
-    spec = SyntheticSpec(voc_trainval=0, voc_test=0, voc2012=False)
+    spec = SyntheticSpec(voc_trainval=0, voc_test=0, voc2012=False, sbd=False)
     if settings.mode == "smoke":
         spec = SyntheticSpec(classes=2, train_per_class=8, val_per_class=4, size=64, voc_trainval=0, voc_test=0,
-                             voc2012=False)
+                             voc2012=False, sbd=False)
     root = settings.work / ("data" if settings.mode != "smoke" else "data-smoke")
     manifest = root / "manifest.json"
     try:

@@ -33,12 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voc-trainval", type=int, default=d.voc_trainval,
                         help=f"VOC trainval images per year (default {d.voc_trainval})")
     parser.add_argument("--voc-test", type=int, default=d.voc_test, help=f"VOC2007 test images (default {d.voc_test})")
+    parser.add_argument("--seg-val", type=int, default=d.seg_val,
+                        help=f"VOC2011 segmentation val images (default {d.seg_val}; seg11valid is those not in SBD)")
     parser.add_argument("--no-voc2012", action="store_true", help="do not write the VOC2012 tree")
     parser.add_argument("--no-sbd", action="store_true", help="do not write the VOC2011 and SBD trees")
     parser.add_argument("--size", type=int, default=d.size, help=f"shorter image side in pixels (default {d.size})")
     parser.add_argument("--gray-fraction", type=float, default=d.gray_fraction,
                         help=f"share of ImageFolder images stored as grayscale JPEGs (default {d.gray_fraction})")
     parser.add_argument("--quality", type=int, default=d.jpeg_quality, help=f"JPEG quality (default {d.jpeg_quality})")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that render the images (default: one per core, at most 4); the files do "
+                             "not depend on it")
     parser.add_argument("--force", action="store_true", help="replace an existing data set in OUT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -46,11 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = SyntheticSpec(
         seed=args.seed, classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-        voc_trainval=args.voc_trainval, voc_test=args.voc_test, voc2012=not args.no_voc2012, sbd=not args.no_sbd,
+        voc_trainval=args.voc_trainval, voc_test=args.voc_test, seg_val=args.seg_val, voc2012=not args.no_voc2012, sbd=not args.no_sbd,
         size=args.size,
         gray_fraction=args.gray_fraction, jpeg_quality=args.quality,
     )
-    m = make_dataset(args.out, spec, overwrite=args.force, progress=not args.no_progress)
+    m = make_dataset(args.out, spec, overwrite=args.force, progress=not args.no_progress,
+                     workers=args.workers)
     inet = m["imagenet"]["images"]
     print(f"wrote {m['images']} images to {args.out} in {m['seconds']:.1f} s")
     print(f"  imagenet: {spec.classes} classes, train {inet['train']}, val {inet['val']} "

@@ -1,21 +1,25 @@
 """The demo's PASCAL stage: Table 2 (Sec. 3.2) end to end on the embedded data set.
 
-:func:`pascal_stage` fine-tunes the demo's AlexNet cross-channel encoder (trained by the colorization stage) with
-gray (L) and color (Lab, zero-initialised ab weights) input on every PASCAL task, each with its ``demo`` preset
-(few iterations, small scales; the protocol's code and configuration otherwise):
+:func:`pascal_stage` fine-tunes, each task with its ``demo`` preset (short schedules, small scales; the protocol's
+code and configuration otherwise):
 
-* classification on VOC2007 with fc8, fc6-8 and all layers fine-tuned (% mAP);
-* detection with Fast R-CNN on VOC2007 (% mAP);
-* segmentation with FCN-32s on VOC2012 (% mIU);
+* the demo's AlexNet cross-channel encoder (the colorization stage's) with gray (L) input on every column, and with
+  color input (Lab, zero-initialised ab weights) on classification with all layers fine-tuned;
+* the calibration encoders, gray input, on every column: a supervised AlexNet trained on the embedded labels (the
+  ``supervised`` stage; the "ImageNet labels" row) above, and a Gaussian AlexNet of the same width below, which
+  every method is read against;
+* a k-means initialised AlexNet on classification (all layers), the paper's k-means row.
 
-then, as baselines of the same width, a Gaussian and a k-means initialised AlexNet (gray input) on the columns
-of :data:`BASELINE_RUNS`. Every encoder is prepared as for the paper's Table 2: BatchNorm folded, Krähenbühl et
-al.'s data-dependent rescaling (for the Gaussian network with their within-layer initialisation first, without
-which its activations vanish). The result JSON files go to ``results/demo/pascal/`` and Table 2 — the published
-rows beside ours, ours labelled "embedded" — to ``results/demo/table2.md``, ``.csv`` and ``.json``
-(:mod:`xchannel.reports.table2`). Each run's wall-clock and CPU seconds (all threads of the process) are recorded
-in ``table2.json`` and in the stage's summary, with its headline's 95 % interval over the test images, what that
-bootstrap cost (``bootstrap_seconds``) and, for classification, the mAP of random scores on the same labels.
+The columns are classification with fc8, fc6-8 and all layers fine-tuned (% mAP), Fast R-CNN detection (% mAP)
+and FCN-32s segmentation (% mIU). Every encoder is prepared as for the paper's Table 2: BatchNorm folded,
+Krähenbühl et al.'s data-dependent rescaling (for the Gaussian network with their within-layer initialisation
+first, without which its activations vanish). The runs go to ``workers`` processes of one thread each (two on a
+2-core machine: more work per second than one process of two threads on these small batches); detection's
+selective-search boxes are computed once before them. The result JSON files go to ``results/demo/pascal/`` and
+Table 2, the published rows beside ours, to ``results/demo/table2.md``, ``.csv`` and ``.json``
+(:mod:`xchannel.reports.table2`). Each run's wall-clock and CPU seconds are recorded in ``table2.json`` and in the
+stage's summary, with its headline's 95 % interval over the test images, what that bootstrap cost
+(``bootstrap_seconds``) and, for classification, the mAP of random scores on the same labels.
 """
 
 from __future__ import annotations
@@ -34,35 +38,49 @@ from xchannel.pascal import TASK_MODULES
 from xchannel.pascal.record import TABLE2_COLUMNS
 from xchannel.utils.io import atomic_write_json, slug
 
-#: The runs of each encoder: (task, classification layers); the baselines run a subset of them.
-ENCODER_RUNS: tuple[tuple[str, str], ...] = (("cls", "fc8"), ("cls", "fc6-8"), ("cls", "all"), ("det", ""),
-                                             ("seg", ""))
-BASELINE_RUNS: tuple[tuple[str, str], ...] = (("cls", "all"), ("det", ""))
+ALL_COLUMNS: tuple[tuple[str, str], ...] = (("cls", "fc8"), ("cls", "fc6-8"), ("cls", "all"), ("det", ""),
+                                           ("seg", ""))
+#: (role, input mode, runs): the demo encoder and the calibration encoders on every column; the color variant
+#: and the k-means row on the all-layers classification (the comparison sweep runs every column of every row).
+RUN_PLAN: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("supervised", "gray", ALL_COLUMNS),
+    ("gaussian", "gray", ALL_COLUMNS),
+    ("ours", "gray", ALL_COLUMNS),
+    ("ours", "color", (("cls", "all"),)),
+    ("kmeans", "gray", (("cls", "all"),)),
+)
 
 
 @dataclass(frozen=True)
 class DemoRun:
-    """One fine-tuning run of the stage: task (cls, det, seg), encoder spec, input mode, classification layers."""
+    """One fine-tuning run of the stage: task (cls, det, seg), encoder spec, input mode, classification layers,
+    and the encoder's name in file names."""
 
     task: str
     encoder: str
     input_mode: str
     layers: str = ""
+    label: str = ""
 
     @property
     def name(self) -> str:
-        encoder = "demo-alexnet" if self.encoder.endswith(".pt") else self.encoder.split(":")[0]
+        encoder = self.label or self.encoder.split(":")[0]
         parts = [self.task + (f"-{self.layers}" if self.layers else ""), encoder, self.input_mode]
         return "_".join(slug(p) for p in parts)
 
 
-def demo_runs(encoder: str, width: float, baselines: bool = True) -> list[DemoRun]:
-    """The stage's runs: the encoder in gray and color on every task (:data:`ENCODER_RUNS`), then the Gaussian
-    and k-means baselines of the same width (gray, :data:`BASELINE_RUNS`)."""
-    runs = [DemoRun(task, encoder, mode, layers) for mode in ("gray", "color") for task, layers in ENCODER_RUNS]
-    if baselines:
-        for base in (f"gaussian:width={width:g}", f"kmeans:width={width:g}"):
-            runs += [DemoRun(task, base, "gray", layers) for task, layers in BASELINE_RUNS]
+def demo_runs(encoder: str, width: float, supervised: str | None = None, baselines: bool = True) -> list[DemoRun]:
+    """The stage's runs (:data:`RUN_PLAN`): ``encoder`` is the demo AlexNet's checkpoint, ``supervised`` the
+    supervised calibration encoder's (its rows are left out when None); the Gaussian and k-means networks have
+    ``width``. ``baselines=False`` keeps the demo encoder's runs alone."""
+    specs = {"ours": (encoder, "demo-alexnet"), "supervised": (supervised, "supervised"),
+             "gaussian": (f"gaussian:width={width:g}", ""), "kmeans": (f"kmeans:width={width:g}", "")}
+    runs = []
+    for role, mode, columns in RUN_PLAN:
+        spec, label = specs[role]
+        if spec is None or (role != "ours" and not baselines):
+            continue
+        runs += [DemoRun(task, spec, mode, layers, label) for task, layers in columns]
     return runs
 
 
@@ -103,12 +121,46 @@ def _interval_summary(headline: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def run_one(run: DemoRun, voc: Path, out_dir: Path, seed: int, progress: bool, threads: int = 0) -> dict[str, Any]:
+    """Fine-tune and score one run (in this process, or in a worker of :func:`pascal_stage` with ``threads``
+    torch threads); its summary entry."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    cfg = run_config(run, voc, out_dir / f"{run.name}.json", seed, progress)
+    result = importlib.import_module(TASK_MODULES[run.task]).run_task(cfg)
+    return {"run": run.name, "task": run.task, "encoder": result["row"]["encoder"], "input_mode": run.input_mode,
+            "layers": run.layers or None, "column": result["table2_column"], "metric": result["headline"]["metric"],
+            "value": result["headline"]["value"], "result": result["output"], **_interval_summary(result["headline"]),
+            "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(_cpu_seconds() - c0, 1)}
+
+
+def warm_proposals(voc: Path, workers: int, progress: bool) -> dict[str, Any]:
+    """Compute (or find in the cache) the selective-search boxes of detection's demo splits once, in ``workers``
+    processes, so that the detection runs find them cached instead of each computing them."""
+    from xchannel.data.voc import VOCDetection
+    from xchannel.pascal.detection.data import proposals_for
+
+    cfg = run_config(DemoRun("det", "gaussian", "gray"), voc, Path("unused.json"), 0, progress)
+    cfg.proposals.workers = max(1, workers)
+    info = {}
+    for which, split in (("train", cfg.train_split), ("test", cfg.test_split)):
+        _, info[which] = proposals_for(cfg, VOCDetection(cfg.voc, cfg.year, split, clip_boxes=True), which)
+    return info
+
+
 def pascal_stage(ctx: Any, baselines: bool = True) -> dict:
-    """Run every PASCAL task on the demo encoder and the baselines, then write Table 2 (module docstring).
+    """Run every PASCAL task on the demo encoder and the calibration encoders, then write Table 2 (module
+    docstring).
 
     ``ctx`` is the demo's :class:`~xchannel.demo.DemoContext`: ``ctx.data`` holds the embedded data set,
-    ``ctx.outputs["encoder_checkpoint"]`` the demo AlexNet, ``ctx.results`` receives the files.
+    ``ctx.outputs["encoder_checkpoint"]`` the demo AlexNet, ``ctx.outputs.get("supervised_checkpoint")`` the
+    supervised calibration encoder, ``ctx.threads`` the cores to use; ``ctx.results`` receives the files.
     """
+    from concurrent.futures import ProcessPoolExecutor
+
     from xchannel.reports.table2 import load_published, write_table2
 
     checkpoint = ctx.outputs.get("encoder_checkpoint")
@@ -120,23 +172,27 @@ def pascal_stage(ctx: Any, baselines: bool = True) -> dict:
     if out_dir.exists():  # results of an earlier demo (another encoder) would add stale rows to the table
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    runs = demo_runs(str(checkpoint), _encoder_width(str(checkpoint)), baselines)
+    runs = demo_runs(str(checkpoint), _encoder_width(str(checkpoint)), ctx.outputs.get("supervised_checkpoint"),
+                     baselines)
+    workers = max(1, min(getattr(ctx, "threads", 1) or 1, len(runs)))
+    t0 = time.perf_counter()
+    proposals = warm_proposals(voc, workers, ctx.progress) if any(r.task == "det" for r in runs) else {}
+    proposal_seconds = round(time.perf_counter() - t0, 1)
+    print(f"   pascal: {len(runs)} runs in {workers} process(es) of one thread", flush=True)
     summary: list[dict[str, Any]] = []
-    for i, run in enumerate(runs, 1):
-        print(f"   pascal {i}/{len(runs)}: {run.name}", flush=True)
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        cfg = run_config(run, voc, out_dir / f"{run.name}.json", ctx.seed, ctx.progress)
-        result = importlib.import_module(TASK_MODULES[run.task]).run_task(cfg)
-        summary.append({"run": run.name, "task": run.task, "encoder": result["row"]["encoder"],
-                        "input_mode": run.input_mode, "layers": run.layers or None,
-                        "column": result["table2_column"], "metric": result["headline"]["metric"],
-                        "value": result["headline"]["value"], "result": result["output"],
-                        **_interval_summary(result["headline"]),
-                        "seconds": round(time.perf_counter() - t0, 1),
-                        "cpu_seconds": round(_cpu_seconds() - c0, 1)})
-        print(f"      {result['headline']['metric']} {result['headline']['value']:.1f} "
-              f"± {summary[-1]['half_width']:.1f} (95 % over test images) in {summary[-1]['seconds']:.0f} s",
-              flush=True)
+    if workers == 1:
+        done = (run_one(run, voc, out_dir, ctx.seed, ctx.progress) for run in runs)
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        done = pool.map(run_one, runs, *zip(*[(voc, out_dir, ctx.seed, False, 1)] * len(runs)))
+    try:
+        for i, entry in enumerate(done, 1):
+            summary.append(entry)
+            print(f"   pascal {i}/{len(runs)}: {entry['run']}: {entry['metric']} {entry['value']:.1f} "
+                  f"± {entry['half_width']:.1f} (95 % over test images) in {entry['seconds']:.0f} s", flush=True)
+    finally:
+        if workers > 1:
+            pool.shutdown()
     per_task = {task: {"seconds": round(sum(r["seconds"] for r in summary if r["task"] == task), 1),
                        "cpu_seconds": round(sum(r["cpu_seconds"] for r in summary if r["task"] == task), 1),
                        "bootstrap_seconds": round(sum(r["bootstrap_seconds"] for r in summary
@@ -151,9 +207,12 @@ def pascal_stage(ctx: Any, baselines: bool = True) -> dict:
         "measured": [dataclasses.asdict(r) for r in table["rows"]],
         "runs": summary,
         "seconds_per_task": per_task,
+        "workers": workers,
+        "proposals": {"seconds": proposal_seconds, **proposals},
     })
-    return {"runs": summary, "seconds_per_task": per_task, "table2": table["markdown_path"],
-            "table2_csv": table["csv_path"], "table2_json": str(results / "table2.json")}
+    return {"runs": summary, "seconds_per_task": per_task, "workers": workers, "proposal_seconds": proposal_seconds,
+            "table2": table["markdown_path"], "table2_csv": table["csv_path"],
+            "table2_json": str(results / "table2.json")}
 
 
-__all__ = ["BASELINE_RUNS", "DemoRun", "ENCODER_RUNS", "demo_runs", "pascal_stage", "run_config"]
+__all__ = ["ALL_COLUMNS", "DemoRun", "RUN_PLAN", "demo_runs", "pascal_stage", "run_config", "run_one", "warm_proposals"]

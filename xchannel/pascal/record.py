@@ -56,6 +56,7 @@ def result_record(*, task: str, column: str, cfg: Any, prepared: PreparedEncoder
         "headline": dict(headline),
         "row": {"encoder": enc.get("name"), "spec": enc.get("spec"), "input_mode": enc.get("input_mode"),
                 "weights_fingerprint": enc.get("weights_fingerprint"), "dataset": data.get("name"),
+                "pretext": enc.get("task"),
                 "rescaled": any(s.get("step") == "rescale" for s in enc.get("preparation", []))},
         "protocol": dict(protocol),
         "config": to_dict(cfg),

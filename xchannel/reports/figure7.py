@@ -164,16 +164,17 @@ def figure7_table(merged: Sequence[Mapping[str, Any]], published: Mapping[str, A
     return "\n".join(md), csv_text(table)
 
 
-def demo_markdown(records: Mapping[str, Mapping[str, Any]], comparison: Mapping[str, Mapping[str, Any]]) -> str:
-    """The demo's ``figure7.md``: each probe's :func:`probe_table` (``records``: label -> probe result), then the
-    per-layer verdicts of the trained encoder against its k-means initialisation (``comparison``: layer -> record
-    with a ``sentence``)."""
+def demo_markdown(records: Mapping[str, Mapping[str, Any]],
+                  comparisons: Sequence[tuple[str, Mapping[str, Mapping[str, Any]]]]) -> str:
+    """The demo's ``figure7.md``: each probe's :func:`probe_table` (``records``: label -> probe result, calibration
+    rows first), then each comparison (heading, layer -> record with a ``sentence``) as a list of verdicts."""
     tables = "\n\n".join(f"{label}\n{probe_table(res)}" for label, res in records.items())
-    verdicts = "\n".join(f"- {c['sentence']}" for c in comparison.values())
+    sections = "\n".join(f"{heading}\n\n" + "\n".join(f"- {c['sentence']}" for c in comparison.values()) + "\n"
+                         for heading, comparison in comparisons)
     return ("Linear probes on the embedded data set (top-1 %, val; mean over the head seeds ± half-width of the 95 % "
             "interval over images and seeds)\n\n```\n" + tables + "\n```\n\n"
-            "The trained colorization encoder (k-means initialised, then trained) against the k-means row (paired "
-            "bootstrap over the same validation images, seeds drawn independently):\n\n" + verdicts + "\n")
+            "Paired comparisons (bootstrap over the same validation images, head seeds drawn independently):\n\n"
+            + sections)
 
 
 # --------------------------------------------------------------------------------------------------------------

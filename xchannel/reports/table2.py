@@ -50,6 +50,7 @@ class MeasuredRow:
     dataset: str
     fingerprint: str | None = None
     rescaled: bool | None = None
+    pretext: str | None = None  # the pretext task the encoder was trained with, when its checkpoint says
     values: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)  # column -> Interval.to_dict() record
     chance: dict[str, dict[str, Any]] = field(default_factory=dict)  # classification column -> random-score mAP
@@ -102,8 +103,17 @@ def read_results(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
     return results
 
 
+def calibration_rank(row: MeasuredRow) -> int:
+    """0 for an encoder trained with labels (pretext task ``supervised``: the ceiling), 1 for the Gaussian network
+    (the floor), 2 for every other row: the calibration rows come first."""
+    if row.pretext == "supervised":
+        return 0
+    return 1 if row.spec.split(":")[0] == "gaussian" else 2
+
+
 def measured_rows(results: Sequence[Mapping[str, Any]]) -> list[MeasuredRow]:
-    """Group results into rows (see the module docstring), in order of first appearance."""
+    """Group results into rows (see the module docstring): the calibration rows (:func:`calibration_rank`) first,
+    the others in order of first appearance."""
     rows: dict[tuple, MeasuredRow] = {}
     for r in results:
         info = r["row"]
@@ -118,7 +128,7 @@ def measured_rows(results: Sequence[Mapping[str, Any]]) -> list[MeasuredRow]:
                 label += f", {variant}"
             rows[key] = MeasuredRow(label=label, spec=str(info.get("spec") or ""), input_mode=mode,
                                     dataset=dataset, fingerprint=info.get("weights_fingerprint"),
-                                    rescaled=info.get("rescaled"))
+                                    rescaled=info.get("rescaled"), pretext=info.get("pretext"))
         row = rows[key]
         col, created = r["table2_column"], str(r.get("created") or "")
         if col in row.values and created < row.created.get(col, ""):
@@ -133,7 +143,7 @@ def measured_rows(results: Sequence[Mapping[str, Any]]) -> list[MeasuredRow]:
                 getattr(row, attr)[col] = dict(r["headline"][key])
         row.sources[col] = r["_path"]
         row.created[col] = created
-    return list(rows.values())
+    return sorted(rows.values(), key=calibration_rank)
 
 
 def _cell(row: MeasuredRow, column: str) -> str:
@@ -151,6 +161,33 @@ def chance_rows(rows: Sequence[MeasuredRow]) -> dict[str, dict[str, dict[str, An
         for col, chance in row.chance.items():
             out.setdefault(row.dataset, {}).setdefault(col, chance)
     return out
+
+
+def calibration_lines(rows: Sequence[MeasuredRow]) -> list[str]:
+    """Per data set and column, whether the supervised row is above the Gaussian one beyond their 95 % intervals
+    (the intervals do not overlap: a conservative reading of two independent runs). Empty without both rows."""
+    lines = []
+    for dataset in sorted({r.dataset for r in rows}):
+        top = [r for r in rows if r.dataset == dataset and calibration_rank(r) == 0]
+        floor = [r for r in rows if r.dataset == dataset and calibration_rank(r) == 1]
+        if not (top and floor):
+            continue
+        sup, gauss = top[0], floor[0]
+        parts = []
+        for c in COLUMNS:
+            if c not in sup.values or c not in gauss.values:
+                continue
+            a, b = sup.intervals.get(c), gauss.intervals.get(c)
+            if a and b:
+                verdict = ("separated" if a["ci95"][0] > b["ci95"][1] else
+                           "reversed" if a["ci95"][1] < b["ci95"][0] else "not separated")
+            else:
+                verdict = "no intervals"
+            parts.append(f"{TABLE2_COLUMNS[c][1]}: {verdict} ({_cell(sup, c)} vs {_cell(gauss, c)})")
+        if parts:
+            lines.append(f"Calibration on {dataset}, {sup.label} above {gauss.label} beyond the 95 % intervals? "
+                         + "; ".join(parts) + ".")
+    return lines
 
 
 def render_markdown(published: Mapping[str, Any], rows: Sequence[MeasuredRow]) -> str:
@@ -178,6 +215,11 @@ def render_markdown(published: Mapping[str, Any], rows: Sequence[MeasuredRow]) -
     if rows:
         datasets = sorted({r.dataset for r in rows})
         lines.append("Measured rows (this code), on: " + ", ".join(datasets) + ".")
+        if any(calibration_rank(r) < 2 for r in rows):
+            lines.append("The calibration rows come first: an encoder trained with the data set's labels "
+                         "(pretext task `supervised`, the ceiling) and the Gaussian network (the floor); every "
+                         "other row is read between them.")
+            lines += calibration_lines(rows)
         if any(row.intervals for row in rows):
             lines.append("± is the half-width of the 95 % interval of a percentile bootstrap over the test images "
                          "(one fine-tuning run; the spread between fine-tuning seeds is not in it).")
