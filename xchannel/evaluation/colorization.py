@@ -360,6 +360,9 @@ def evaluate(dataset: Dataset, colorizers: Sequence[Colorizer], classifier: Fixe
     if dup:
         raise UserError(f"two rows have the same name {', '.join(map(repr, dup))}: name them with NAME=SPEC")
     device = torch.device(device)
+    if max_images and len(dataset) > max_images:  # evenly spaced, so that every class of a sorted folder is in it
+        dataset = torch.utils.data.Subset(dataset, np.linspace(0, len(dataset) - 1, max_images).round().astype(int)
+                                          .tolist())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skip)
     counter = SkipCounter()
     meters = {c.name: AbAucMeter() for c in colorizers}
@@ -636,7 +639,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", choices=("reference", "data"), default="reference",
                         help="class probabilities of the rebalanced AuC (default: the authors' ImageNet prior)")
     parser.add_argument("--keep-gray", action="store_true", help="also evaluate images without colour")
-    parser.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0: all)")
+    parser.add_argument("--max-images", type=int, default=0,
+                        help="evaluate at most this many images, evenly spaced over the folder (0: all)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
