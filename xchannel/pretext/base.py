@@ -156,6 +156,26 @@ class PretextTask:
         return entries
 
 
+class ClassificationTask(PretextTask):
+    """Base of the tasks whose pretext is an N-way classification (the image-level and the patch tasks): chance is
+    ``1 / num_classes()``, and the network is our AlexNet."""
+
+    def num_classes(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.num_classes()
+
+    def require_alexnet(self) -> None:
+        """A :class:`~xchannel.errors.UserError` unless the config trains the AlexNet backbone."""
+        from xchannel.errors import UserError
+
+        if self.cfg.model.name != "alexnet":
+            raise UserError(f"task {self.name}: trains the AlexNet backbone (model.name: alexnet), "
+                            f"got {self.cfg.model.name!r}")
+
+
 class HeldOut:
     """The validation batches of :meth:`PretextTask.validate`, up to ``max_images`` images, with ``model`` in eval
     mode while they are read (train mode again after); :attr:`seen` counts the images read."""

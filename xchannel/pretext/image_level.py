@@ -18,8 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from xchannel import color as C
-from xchannel.errors import UserError
-from xchannel.pretext.base import HeldOut, PretextTask
+from xchannel.pretext.base import ClassificationTask, HeldOut
 
 INPUTS = {"gray": 1, "color": 3}  # input option -> AlexNet in_channels (L or Lab)
 
@@ -40,26 +39,17 @@ def lab_input(images: torch.Tensor, space: Literal["gray", "color"], device: tor
     return C.rgb_to_lightness(x) if space == "gray" else C.rgb_to_lab(x)
 
 
-class ImageClassificationTask(PretextTask):
+class ImageClassificationTask(ClassificationTask):
     """Base of the image-level tasks; ``self.opt`` must have ``input`` (gray / color) and ``dropout``."""
-
-    def num_classes(self) -> int:
-        raise NotImplementedError
 
     def inputs_and_labels(self, batch: Mapping[str, Any], gen: torch.Generator | None) -> Labelled:
         raise NotImplementedError
-
-    @property
-    def chance(self) -> float:
-        return 1.0 / self.num_classes()
 
     # -- model ---------------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         from xchannel.models import build_model
 
-        if self.cfg.model.name != "alexnet":
-            raise UserError(f"task {self.name}: trains the AlexNet backbone (model.name: alexnet), "
-                            f"got {self.cfg.model.name!r}")
+        self.require_alexnet()
         return build_model("alexnet", in_channels=INPUTS[self.opt.input], width=self.cfg.model.width,
                            geometry="transfer", dropout=self.opt.dropout, zero_init_ab=False,
                            fc8_outputs=self.num_classes())

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from xchannel.errors import UserError
 from xchannel.models.alexnet import AlexNet
-from xchannel.pretext.base import HeldOut, PretextTask, unwrap
+from xchannel.pretext.base import ClassificationTask, HeldOut, unwrap
 from xchannel.pretext.image_level import INPUTS
 
 #: the 3 x 3 map each patch's conv5 is max-pooled to before the head
@@ -91,7 +91,7 @@ class PatchNet(nn.Module):
         return self.head(self.trunk(patches), groups)
 
 
-class PatchTask(PretextTask):
+class PatchTask(ClassificationTask):
     """Base of the patch tasks. ``self.opt`` has ``input`` (gray / color) and ``dropout``; a task sets the head's
     widths at model width 1 (:attr:`per_patch`, :attr:`hidden`), the patches per example (:attr:`group`), and
     implements :meth:`num_classes` and :meth:`examples`."""
@@ -100,25 +100,16 @@ class PatchTask(PretextTask):
     hidden: ClassVar[tuple[int, ...]]
     group: ClassVar[int]
 
-    def num_classes(self) -> int:
-        raise NotImplementedError
-
     def examples(self, batch: Mapping[str, Any], gen: torch.Generator | None) -> PatchExamples:
         """The patches of the batch's images, the examples made of them and their classes; all randomness from
         ``gen``."""
         raise NotImplementedError
 
-    @property
-    def chance(self) -> float:
-        return 1.0 / self.num_classes()
-
     # -- model ---------------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         from xchannel.models.init import gaussian_init_
 
-        if self.cfg.model.name != "alexnet":
-            raise UserError(f"task {self.name}: trains the AlexNet backbone (model.name: alexnet), "
-                            f"got {self.cfg.model.name!r}")
+        self.require_alexnet()
         width = self.cfg.model.width
         trunk = AlexNet(in_channels=INPUTS[self.opt.input], width=width, geometry="pretext", zero_init_ab=False,
                         fc8_outputs=0)
