@@ -71,3 +71,11 @@ def test_every_benchmark_runs_and_writes_its_result(tmp_path, restore_threads, c
     assert targets["max_rel_diff_pixel_weights"] <= 1e-5
     colorize = json.loads((out / "colorize.json").read_text())["figures"]
     assert colorize["max_abs_diff_rgb"] <= 1e-3 and colorize["max_8bit_level_diff"] <= 1
+
+    # a partial run (--only) rewrites its own result and keeps the others' in the summary and the table
+    assert main(["--smoke", "--only", "targets", "--out", str(out), "--work", str(tmp_path / "work"), "--threads",
+                 "1", "--no-progress"]) == 0
+    partial = json.loads((out / "summary.json").read_text())
+    assert partial["benchmarks"] == list(BENCHMARKS) and partial["run_now"] == ["targets"]
+    assert len(partial["checks"]) == len(summary["checks"])
+    assert (out / "table.md").read_text().count("\n| ") == table.count("\n| ")

@@ -1,6 +1,7 @@
 """``python -m benchmarks.perf [--short | --smoke] [--only NAME ...]``: run the performance benchmarks, print each
 one's figures against its baseline and one summary table, write ``results/perf/<name>.json`` and
-``results/perf/summary.json`` (all checks and the machine) and ``results/perf/table.md``.
+``results/perf/summary.json`` (all checks and the machine) and ``results/perf/table.md``; after ``--only``, they keep
+the other benchmarks' earlier results of the same mode (``run_now`` names what ran).
 
 These are benchmarks, not tests: a missed target is reported, never an error (the exit status is 0 unless a
 benchmark crashed).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,24 @@ from pathlib import Path
 from benchmarks.perf import BENCHMARKS
 from benchmarks.perf.common import Settings, check_lines, describe_machine, format_table, machine
 from xchannel.utils.io import atomic_write_json, atomic_write_text
+
+
+def _with_earlier(records: list[dict], settings: Settings) -> list[dict]:
+    """``records`` (this run's) and, for the benchmarks ``--only`` left out, their earlier results of the same mode
+    in ``settings.out``, in :data:`BENCHMARKS` order: the summary and the table stay whole after a partial run."""
+    fresh = {r["benchmark"]: r for r in records}
+    out = []
+    for name in BENCHMARKS:
+        rec = fresh.get(name)
+        if rec is None:
+            try:
+                rec = json.loads((settings.out / f"{name}.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if rec.get("mode") != settings.mode or rec.get("benchmark") != name:
+                continue
+        out.append(rec)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         records.append(rec)
         print("\n".join(check_lines(rec)), f"\n  ({rec['seconds']:.0f} s; {settings.out / (name + '.json')})",
               flush=True)
-    table = format_table(records)
     measured = [c for r in records for c in r["checks"] if c["met"] is not None]
-    print(f"\n{table}\n\n{sum(c['met'] for c in measured)} of {len(measured)} targets met in "
+    print(f"\n{format_table(records)}\n\n{sum(c['met'] for c in measured)} of {len(measured)} targets met in "
           f"{time.perf_counter() - t0:.0f} s")
-    summary = {"mode": mode, "machine": m, "benchmarks": names,
+    records = _with_earlier(records, settings)
+    table = format_table(records)
+    summary = {"mode": mode, "machine": m, "benchmarks": [r["benchmark"] for r in records], "run_now": names,
                "checks": [{"benchmark": r["benchmark"], **c} for r in records for c in r["checks"]],
                "seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_json(settings.out / "summary.json", summary)
