@@ -29,6 +29,7 @@ import importlib
 import resource
 import shutil
 import time
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ def pascal_stage(ctx: Any, baselines: bool = True) -> dict:
     out_dir.mkdir(parents=True)
     runs = demo_runs(str(checkpoint), _encoder_width(str(checkpoint)), ctx.outputs.get("supervised_checkpoint"),
                      baselines)
-    workers = max(1, min(getattr(ctx, "threads", 1) or 1, len(runs)))
+    workers = max(1, min(ctx.threads, len(runs)))
     t0 = time.perf_counter()
     proposals = warm_proposals(voc, workers, ctx.progress) if any(r.task == "det" for r in runs) else {}
     proposal_seconds = round(time.perf_counter() - t0, 1)
@@ -184,7 +185,7 @@ def pascal_stage(ctx: Any, baselines: bool = True) -> dict:
         done = (run_one(run, voc, out_dir, ctx.seed, ctx.progress) for run in runs)
     else:
         pool = ProcessPoolExecutor(max_workers=workers)
-        done = pool.map(run_one, runs, *zip(*[(voc, out_dir, ctx.seed, False, 1)] * len(runs)))
+        done = pool.map(partial(run_one, voc=voc, out_dir=out_dir, seed=ctx.seed, progress=False, threads=1), runs)
     try:
         for i, entry in enumerate(done, 1):
             summary.append(entry)
