@@ -36,6 +36,9 @@ from xchannel.sweep.spec import JOB_REF, expand_spec, load_spec
 from xchannel.utils.io import sha256_file
 
 EVALUATIONS = ("probe", "cls-fc8", "cls-fc6-8", "cls-all", "det", "seg")
+DENSE = ("det", "seg")  # on the embedded set: each network's own input (spec variable dense_inputs)
+#: evaluation jobs per encoder on the embedded set: both inputs for probes and classification, one for det and seg
+PER_ENCODER = 2 * (len(EVALUATIONS) - len(DENSE)) + len(DENSE)
 BASELINES = ("gaussian", "kmeans")
 
 
@@ -78,7 +81,8 @@ def test_one_train_job_per_registered_task_and_a_new_task_joins_without_a_spec_e
     methods = tasks + list(BASELINES)
     for tag in EVALUATIONS:  # every encoder x input mode, for the probes and every Table 2 column
         got = sorted((j.labels["method"], j.labels["input"]) for j in jobs[tag])
-        assert got == sorted((m, mode) for m in methods for mode in ("gray", "color")), tag
+        modes = ("own",) if tag in DENSE else ("gray", "color")
+        assert got == sorted((m, mode) for m in methods for mode in modes), tag
         for job in jobs[tag]:
             method = job.labels["method"]
             if method in BASELINES:  # the baselines are encoder specs of the tasks' width; nothing to wait for
@@ -86,12 +90,13 @@ def test_one_train_job_per_registered_task_and_a_new_task_joins_without_a_spec_e
             else:  # a task's evaluation needs its train job and takes its run folder as the encoder
                 assert job.needs == {"encoder": train[method].id}
                 assert job.config["encoder"] == JOB_REF + train[method].id
-            assert job.config["input_mode"] == job.labels["input"] and job.config["seed"] == 0
+            own = job.labels["input"] == "own"
+            assert job.config["input_mode"] == (None if own else job.labels["input"]) and job.config["seed"] == 0
     probe = next(j for j in jobs["probe"] if j.labels["method"] == "rotation")
     assert probe.config["layers"] == ["all"] and probe.config["cache"] == "runs/sweeps/pretexts-features"
     assert {j.config["layers"] for j in jobs["cls-fc6-8"]} == {"fc6-8"}
     assert all(j.config["preset"] == "demo" for tag in EVALUATIONS[1:] for j in jobs[tag])
-    assert len(sweep.jobs) == len(tasks) + len(methods) * 2 * len(EVALUATIONS)
+    assert len(sweep.jobs) == len(tasks) + len(methods) * PER_ENCODER
 
 
 def test_a_changed_training_renames_its_evaluations_and_seeds_pair_them(twin_task):
@@ -121,6 +126,7 @@ def test_giving_imagenet_and_voc_switches_the_grid_to_the_full_protocol():
     assert all(j.config["preset"] == "paper" and j.config["voc"] == "/data/VOCdevkit"
                for tag in EVALUATIONS[1:] for j in jobs[tag])
     assert {j.config["encoder"] for j in jobs["det"] if not j.needs} == {"gaussian:width=1", "kmeans:width=1"}
+    assert {j.labels["input"] for tag in DENSE for j in jobs[tag]} == {"gray", "color"}  # both inputs at full scale
     with pytest.raises(UserError, match=r"variable_sets\.imagenet: imagenet given without voc"):
         load_spec("pretexts", {"imagenet": "/data/imagenet"})
 
@@ -225,7 +231,7 @@ def test_slurm_holds_each_tasks_evaluations_until_its_training_ended(twin_task, 
         need = needs.pop()
         assert extra == {"dependency": f"afterok:{report.cluster_job_ids[need]}", "kill_on_invalid_dep": "yes"}
         held.setdefault(need, set()).update(ids)
-    assert {k: len(v) for k, v in held.items()} == {t: 2 * len(EVALUATIONS) for t in train}
+    assert {k: len(v) for k, v in held.items()} == {t: PER_ENCODER for t in train}
     # A later submission waits for trainings still pending from the first, and blocks on one without a result.
     probe = next(j for j in sweep.jobs if j.needs)
     need = probe.needs["encoder"]
@@ -270,10 +276,13 @@ def test_end_to_end_in_process_report_and_features_extracted_once_per_encoder(ti
     assert cli_main(args + _cli_vars(tiny, cache)) == 0
     records = {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/result.json")}
     methods = ["colorization", "rotation", *BASELINES]
-    assert len(records) == 2 + len(methods) * 2 * len(EVALUATIONS)
+    assert len(records) == 2 + len(methods) * PER_ENCODER
     skipped = {k: r["result"]["reason"] for k, r in records.items() if r["result"].get("status") == "skipped"}
-    assert list(skipped) == [k for k in records if k.startswith("probe-colorization-color-")]
-    assert "trained on gray L" in next(iter(skipped.values()))
+    probe_skips = [k for k in records if k.startswith("probe-colorization-color-")]
+    cls_skips = [k for k in records if re.match(r"cls-fc(8|6-8)-colorization-color-", k)]
+    assert sorted(skipped) == sorted(probe_skips + cls_skips) and len(cls_skips) == 2
+    assert "trained on gray L" in skipped[probe_skips[0]]
+    assert all("conv1 frozen" in skipped[k] for k in cls_skips)
     # Each encoder (and input mode) probed had its features computed once, both splits, for all its layers.
     probes = [r for k, r in records.items() if k.startswith("probe-") and k not in skipped]
     assert len(fills) == 2 * len(probes) == len(set(fills))
@@ -298,10 +307,16 @@ def test_end_to_end_in_process_report_and_features_extracted_once_per_encoder(ti
     table2 = (out / "table2.md").read_text()
     measured = [line for line in table2.splitlines() if "(measured)" in line]
     assert len(measured) == len(methods) * 2  # one row per method and input mode
+    cells = {}
+    own = {"colorization": "gray", "rotation": "color", "gaussian": "gray", "kmeans": "gray"}  # trained inputs
     for method, name in names.items():
         for mode in ("gray", "color"):
             row = next(line for line in measured if re.match(rf"\| \*\*{name} \({mode}\)\*\*", line))
-            assert row.count("±") == 5  # every column, mean ± half-width
+            # mean ± half-width in every column: detection and segmentation on the network's own input only
+            assert row.count("±") == (5 if mode == own[method] else 3), (method, mode)
+            cells[method, mode] = row.split("|")[4:9]
+    # the skipped colour fc8 / fc6-8 runs of the gray-trained network show the gray runs' numbers (the paper's too)
+    assert cells["colorization", "color"][:2] == cells["colorization", "gray"][:2]
     assert "| random scores (chance) |" in table2
     figure7 = (out / "figure7.md").read_text()
     assert len([line for line in figure7.splitlines() if "(measured)" in line]) == len(methods) * 2 - 1

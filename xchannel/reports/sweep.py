@@ -30,7 +30,8 @@ What is written to the output folder (default ``results/<sweep name>/``), each f
 Jobs labelled on a ``method`` axis (the ``pretexts`` sweep) are named by that label in every table and plot (their
 encoders are run folders of the sweep's train jobs, whose file names say nothing), with the seed added to Table 2's
 rows when the sweep has several. Jobs that their kind skipped (``{"status": "skipped"}``, e.g. colour probes of a
-network trained on gray) are listed with their reason, in ``README.md`` and ``comparison.md``.
+network trained on gray) are listed with their reason, in ``README.md`` and ``comparison.md``; a skipped colour
+classification with conv1 frozen shows its gray run's number in Table 2's colour row (:func:`gray_stand_ins`).
 """
 
 from __future__ import annotations
@@ -87,6 +88,36 @@ def method_named(job: Job, result: Mapping[str, Any], seed_too: bool = False) ->
         return {**result, "row": {**result["row"], "encoder": name, "spec": name, "weights_fingerprint": None}}
     enc = result.get("encoder") or {}
     return {**result, "encoder": {**enc, "name": name, "spec": name, "loaded_spec": enc.get("spec")}}
+
+
+def input_mode(job: Job, result: Mapping[str, Any]) -> str:
+    """The input an evaluation ran on: the job's ``input`` label, or, for a job labelled ``own`` (the network's own
+    input, ``input_mode: null``), the mode its result records."""
+    label = str(job.labels.get("input", ""))
+    if label != "own":
+        return label
+    row = result.get("row") if result.get("kind") == "pascal" else result.get("encoder")
+    return str((row or {}).get("input_mode") or label)
+
+
+def gray_stand_ins(records: Sequence[tuple[Job, Mapping[str, Any]]],
+                   done: Sequence[tuple[Job, Mapping[str, Any]]]) -> list[tuple[Job, dict[str, Any]]]:
+    """For each skipped colour classification job (conv1 frozen on a gray-trained network:
+    :func:`~xchannel.sweep.jobs.classification_skip`), the finished gray job of the same group, method and seed,
+    its result relabelled as the colour input's and marked ``same_as_gray``: Table 2's colour row then shows the
+    number that stands for both, as the paper's does (Ours (color) fc8 / fc6-8 = Ours (gray))."""
+    gray = {(job.kind, job.tag, tuple(sorted((k, v) for k, v in job.labels.items() if k != "input"))): (job, res)
+            for job, res in done if job.labels.get("input") == "gray"}
+    out = []
+    for job, rec in records:
+        if job.kind != "pascal-cls" or job.labels.get("input") != "color" or not skipped(rec):
+            continue
+        key = (job.kind, job.tag, tuple(sorted((k, v) for k, v in job.labels.items() if k != "input")))
+        if key in gray:
+            result = gray[key][1]
+            out.append((job, {**result, "same_as_gray": gray[key][0].id,
+                              "row": {**result["row"], "input_mode": "color"}}))
+    return out
 
 
 def trained_options(run_dir: Path) -> dict[str, Any] | None:
@@ -168,6 +199,7 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> dict[s
 
     pascal = [(job, method_named(job, rec["result"], several_seeds))
               for kind in PASCAL_KINDS for job, rec in by_kind.get(kind, [])]
+    pascal += gray_stand_ins(records, pascal)
     if pascal:
         results = []
         for job, result in pascal:
@@ -185,7 +217,7 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> dict[s
     if compare and (probes or pascal):
         options = {job.labels["method"]: trained_options(sweep_dir / job.id / RUN_DIR)
                    for job, _ in by_kind.get("train", []) if "method" in job.labels}
-        evaluations = [Evaluation(job.labels.get("method", job.id), job.labels.get("input", ""), result)
+        evaluations = [Evaluation(job.labels.get("method", job.id), input_mode(job, result), result)
                        for job, result in probes + pascal]
         made["comparison"] = write_comparison(evaluations, options, passed, out, sweep.name)
     elif compare:
@@ -224,5 +256,6 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> dict[s
             "summaries": {job.id: result_summary(rec) for job, rec in records}}
 
 
-__all__ = ["collect", "default_output", "jobs_csv", "method_named", "trained_options", "training_table",
+__all__ = ["collect", "default_output", "gray_stand_ins", "input_mode", "jobs_csv", "method_named", "trained_options",
+           "training_table",
            "write_report"]

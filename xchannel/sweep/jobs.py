@@ -12,7 +12,8 @@ into its own folder). ``train`` runs :func:`xchannel.train.engine.train` with ``
 A kind may say, when a job is about to run, that it has nothing to compute (``skip``: a reason, or None): the job
 then records ``{"status": "skipped", "reason": ...}`` as its result instead of running. ``probe`` skips colour
 input to an encoder trained on gray L, whose colour version (conv1's ab weights zero) computes exactly the gray
-features (:func:`probe_skip`).
+features (:func:`probe_skip`); ``pascal-cls`` skips it where conv1 stays frozen (fc8, fc6-8:
+:func:`classification_skip`).
 
 Dependencies
 ------------
@@ -203,18 +204,38 @@ def _run_probe(cfg: Any, run_dir: Path, progress: bool) -> dict[str, Any]:
     return run_probe(cfg)
 
 
+def _colour_of_gray_network(cfg: Any) -> bool:
+    """Whether a job's config gives colour input to a checkpoint that was trained on gray L."""
+    from xchannel.features.encoders import load_encoder, parse_spec
+
+    if cfg.input_mode != "color" or parse_spec(cfg.encoder)[0] != "checkpoint":
+        return False
+    geometry = getattr(cfg, "geometry", None)
+    encoder = load_encoder(cfg.encoder, geometry=geometry) if geometry is not None else load_encoder(cfg.encoder)
+    return encoder.input_mode == "gray"
+
+
 def probe_skip(cfg: Any) -> str | None:
     """Why a probe job has nothing to compute, or None: colour input to a checkpoint trained on gray L (the
     colour network's conv1 has zero ab weights, so its features are the gray ones, and the gray probe stands for
     both, as in the paper's Fig. 7)."""
-    from xchannel.features.encoders import load_encoder, parse_spec
-
-    if cfg.input_mode != "color" or parse_spec(cfg.encoder)[0] != "checkpoint":
-        return None
-    if load_encoder(cfg.encoder, geometry=cfg.geometry).input_mode != "gray":
+    if not _colour_of_gray_network(cfg):
         return None
     return ("colour input to a network trained on gray L computes the gray features exactly (conv1's ab weights "
             "are zero): the gray probe stands for both")
+
+
+def classification_skip(cfg: Any) -> str | None:
+    """Why a PASCAL classification job has nothing to compute, or None: colour input to a checkpoint trained on
+    gray L when conv1 stays frozen (``layers`` fc8 or fc6-8). Its ab weights start at zero and never train, so the
+    run repeats the gray run (``tests/test_pascal_cls.py`` checks that the scores agree to 1e-5); the paper's
+    Table 2 prints the same fc8 and fc6-8 numbers for Ours (gray) and Ours (color). With ``layers: all`` the ab
+    weights train and the colour run is its own."""
+    if cfg.layers == "all" or not _colour_of_gray_network(cfg):
+        return None
+    return (f"colour input to a network trained on gray L with conv1 frozen (layers {cfg.layers}): its ab weights "
+            "stay zero and the run repeats the gray run (the same scores to float rounding); the gray run stands for "
+            "both")
 
 
 def _pascal_runner(module: str) -> Callable[[Any, Path, bool], dict[str, Any]]:
@@ -243,12 +264,13 @@ register(JobKind("train", "pretext training (xchannel.train.engine.train, resume
                  presets="xchannel.sweep.jobs:train_preset", resume_point=_train_resume_point))
 register(JobKind("probe", "linear probes of a frozen encoder (xchannel.probe.run_probe; Fig. 7)",
                  "xchannel.probe.run:ProbeConfig", _run_probe, skip=probe_skip))
-for _kind, _module, _what in (("pascal-cls", "classification", "VOC2007 classification"),
-                              ("pascal-seg", "segmentation", "segmentation (SBD -> VOC2011 seg11valid), FCN-32s"),
-                              ("pascal-det", "detection", "VOC2007 detection, Fast R-CNN")):
+for _kind, _module, _what, _skip in (
+        ("pascal-cls", "classification", "VOC2007 classification", classification_skip),
+        ("pascal-seg", "segmentation", "segmentation (SBD -> VOC2011 seg11valid), FCN-32s", None),
+        ("pascal-det", "detection", "VOC2007 detection, Fast R-CNN", None)):
     register(JobKind(_kind, f"{_what} fine-tuning (xchannel.pascal.{_module}.run_task; Table 2)",
                      f"xchannel.pascal.{_module}:Config", _pascal_runner(_module),
-                     presets=f"xchannel.pascal.{_module}:PRESETS"))
+                     presets=f"xchannel.pascal.{_module}:PRESETS", skip=_skip))
 
 
 def train_preset(name: str) -> Any:
@@ -523,6 +545,7 @@ class SweepJob(submitit.helpers.Checkpointable):
 
 
 __all__ = ["ATTEMPTS_FILE", "CONFIG_FILE", "ERROR_FILE", "JobInterrupted", "JobKind", "KINDS", "LOG_DIR",
-           "PreemptionRelay", "RESULT_FILE", "RUN_DIR", "SUBMISSION_FILE", "SweepJob", "export_distributed_env",
+           "PreemptionRelay", "RESULT_FILE", "RUN_DIR", "SUBMISSION_FILE", "SweepJob", "classification_skip",
+           "export_distributed_env",
            "get_kind", "machine_record", "probe_skip", "read_attempts", "read_json", "read_result", "register",
            "resolve_needs", "resource_fields", "skipped", "train_preset"]

@@ -555,7 +555,9 @@ def _run_local(sweep: Sweep, sweep_dir: Path, todo: list[Job], profiles: dict[st
 
     queue = list(todo)
     active: dict[str, tuple[Job, Any]] = {}
-    echo(f"running {len(todo)} job(s) on this machine, at most {parallel} at once")
+    threads = local_threads(parallel)
+    echo(f"running {len(todo)} job(s) on this machine, at most {parallel} at once"
+         + (f", {threads} torch thread(s) each" if threads else ""))
     bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="job", disable=not progress, dynamic_ncols=True)
     try:
         while queue or active:
@@ -572,7 +574,8 @@ def _run_local(sweep: Sweep, sweep_dir: Path, todo: list[Job], profiles: dict[st
                     continue
                 job_dir = sweep_dir / job.id
                 executor = make_executor("local", job_dir / LOG_DIR, profiles[job.id])
-                sjob = executor.submit(_make_job(sweep, sweep_dir, job))
+                with _environ({**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}):
+                    sjob = executor.submit(_make_job(sweep, sweep_dir, job))
                 _write_submission(job_dir, _submission_record("local", job_id=sjob.job_id, pid=int(sjob.job_id),
                                                               log_folder=str(job_dir / LOG_DIR)))
                 report.submitted.append(job.id)
@@ -590,6 +593,16 @@ def _run_local(sweep: Sweep, sweep_dir: Path, todo: list[Job], profiles: dict[st
         raise
     finally:
         bar.close()
+
+
+def local_threads(parallel: int) -> int | None:
+    """Torch threads for each of ``parallel`` local jobs: the cores this process may use shared between them (each
+    job would otherwise take every core, and ``parallel`` of them would slow each other down), or None when
+    ``OMP_NUM_THREADS`` is set (the user's choice is inherited) or a single job runs at a time."""
+    if parallel <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // parallel)
 
 
 def _stop_local(active: dict[str, tuple[Job, Any]], echo: Callable[[str], None], grace_s: float = 30.0) -> None:
@@ -755,5 +768,5 @@ def _run_here(sweep: Sweep, sweep_dir: Path, chosen: list[Job], profile: Cluster
 
 __all__ = ["CLUSTERS", "DEFAULT_ROOT", "JobStatus", "STATES", "SWEEP_FILE", "SubmitReport", "default_sweep_dir",
            "dependency_parameters", "error_tail", "format_status", "is_sweep_dir", "job_profile", "job_states",
-           "load_sweep", "missing_need", "slurm_dependencies",
+           "load_sweep", "local_threads", "missing_need", "slurm_dependencies",
            "result_summary", "select_jobs", "submit_sweep", "sweep_lock", "tail_lines", "wait_for", "write_sweep"]
