@@ -161,6 +161,13 @@ def test_released_weights_are_evaluated_like_the_model_they_came_from(data, netw
     assert "Ours (full)" in names[4:]
     ours = {r[0]: r for r in table[1:5]}
     assert ours["Ground Truth"][4] == "100.0" and ours["Random"][-1].startswith("imagenet/val (")
+    # AuC columns: mean ± half-width of the 95 % interval over the images, the value the JSON records
+    for name in ("Gray", names[2], "Random"):
+        for col, key in ((4, "auc_nonrebal"), (5, "auc_rebal")):
+            row = next(r for r in json.loads((out / "table1.json").read_text())["rows"] if r["name"] == name)
+            ci = row[f"{key}_ci"]
+            assert ci["value"] == pytest.approx(100 * row[key]) and ci["ci95"][0] <= ci["value"] <= ci["ci95"][1]
+            assert ours[name][col] == f"{100 * row[key]:.1f} ± {ci['half_width']:.1f}"
     assert ours["Random"][7] == "12.0±3.1" and ours["Gray"][7] == ""  # AMT Labeled Real (%) from the report
     result = json.loads((out / "table1.json").read_text())
     released = result["rows"][2]

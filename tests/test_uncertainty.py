@@ -137,6 +137,34 @@ def test_segmentation_interval_sums_per_image_confusions():
     assert (interval.lo, interval.hi) == pytest.approx(tuple(np.percentile(reps, [2.5, 97.5])), abs=1e-10)
 
 
+def test_auc_interval_replicates_are_the_meter_on_duplicated_images():
+    """Table 1's AuC interval: the value is the streaming meter's AuC (raw and rebalanced); each replicate is the
+    AuC of a meter fed the drawn images as many times as they were drawn; identical images give no width."""
+    from xchannel.metrics.colorization import AbAucMeter
+
+    gen = torch.Generator().manual_seed(0)
+    true = torch.randn(9, 2, 12, 12, generator=gen) * 40
+    pred = true + torch.randn(9, 2, 12, 12, generator=gen) * torch.linspace(5, 60, 9).view(9, 1, 1, 1)
+    meter = AbAucMeter(keep_images=True)
+    meter.update(pred[:4], true[:4])
+    meter.update(pred[4:], true[4:])
+    cfg = BootstrapConfig(resamples=40, seed=3)
+    for rebalanced in (False, True):
+        interval = meter.interval(rebalanced, cfg)
+        assert interval.value == pytest.approx(100.0 * meter.auc(rebalanced), abs=1e-9)
+        reps = []
+        for counts in resample_counts(9, cfg):
+            idx = np.repeat(np.arange(9), counts)
+            again = AbAucMeter()
+            again.update(pred[idx], true[idx])
+            reps.append(100.0 * again.auc(rebalanced))
+        assert (interval.lo, interval.hi) == pytest.approx(tuple(np.percentile(reps, [2.5, 97.5])), abs=1e-9)
+        assert interval.lo < interval.value < interval.hi  # errors from 5 to 60 ab units: the images disagree
+    same = AbAucMeter(keep_images=True)
+    same.update(pred[:1].repeat(5, 1, 1, 1), true[:1].repeat(5, 1, 1, 1))
+    assert same.interval(False, cfg).half_width == pytest.approx(0.0, abs=1e-9)
+
+
 def test_accuracy_interval_matches_the_normal_approximation_and_combines_seeds():
     """For n = 2000 images at p = 0.35 the percentile half-width is 1.96 sqrt(p (1 - p) / n) within a few percent;
     with 3 seeds whose accuracies differ by far more than the image noise, the interval widens to cover them."""

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xchannel.reports.format import plus_minus
 from xchannel.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -87,12 +88,15 @@ def colorization_stage(ctx: DemoContext) -> dict:
             "|---|---|---|---|---|---|---|"]
     for name, r in out.items():
         v = r["val"]
+        cells = [plus_minus(100 * v[k], 50 * (v["ci95"][k][1] - v["ci95"][k][0])) if "ci95" in v else
+                 f"{100 * v[k]:.1f}" for k in ("auc", "auc_rebal", "gray_auc", "gray_auc_rebal")]
         rows.append(f"| {name} | {r['steps']} | {r['loss_first']:.3f} → {r['loss_last']:.3f} | "
-                    f"{100 * v['auc']:.1f} | {100 * v['auc_rebal']:.1f} | {100 * v['gray_auc']:.1f} | "
-                    f"{100 * v['gray_auc_rebal']:.1f} |")
+                    + " | ".join(cells) + " |")
+    images = next(iter(out.values()))["val"].get("val_images")
     atomic_write_text(ctx.results / "colorization.md",
-                      "Colorization on the embedded data set (held-out val images; AuC in %, annealed mean "
-                      "T = 0.38; the gray baseline predicts a = b = 0)\n\n" + "\n".join(rows) + "\n")
+                      f"Colorization on the embedded data set ({images} held-out val images; AuC in %, annealed mean "
+                      "T = 0.38; the gray baseline predicts a = b = 0; ± is the half-width of the 95 % interval of "
+                      "a bootstrap over the images)\n\n" + "\n".join(rows) + "\n")
     ctx.outputs["encoder_checkpoint"] = out["demo-alexnet"]["checkpoint"]
     if "demo-vgg" in out:
         ctx.outputs["colorizer_checkpoint"] = out["demo-vgg"]["checkpoint"]

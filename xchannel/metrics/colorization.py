@@ -14,6 +14,8 @@ set gives both numbers for any prior.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from xchannel.color import Q, nearest_bins, rebalance_weights, reference_prior
@@ -22,12 +24,21 @@ MAX_THRESHOLD = 150
 
 
 class AbAucMeter:
-    """Streaming AuC: ``update(pred_ab, true_ab)`` per batch, then ``auc()`` and ``auc(rebalanced=True)``."""
+    """Streaming AuC: ``update(pred_ab, true_ab)`` per batch, then ``auc()`` and ``auc(rebalanced=True)``.
 
-    def __init__(self, max_threshold: int = MAX_THRESHOLD) -> None:
+    With ``keep_images`` it also keeps each image's error histogram, raw and weighted by the rebalancing weights of
+    ``prior`` (None: the authors' ImageNet prior), for :meth:`interval`: a bootstrap over images (two rows of
+    ``max_threshold + 2`` numbers per image)."""
+
+    def __init__(self, max_threshold: int = MAX_THRESHOLD, keep_images: bool = False,
+                 prior: torch.Tensor | None = None) -> None:
         self.max_threshold = max_threshold
         # hist[q, e]: pixels of true class q whose error rounds up to e (e = max_threshold + 1: beyond all)
         self.hist = torch.zeros(Q, max_threshold + 2, dtype=torch.float64)
+        self.keep_images = keep_images
+        self.image_weights = (rebalance_weights(reference_prior() if prior is None else prior, lam=0.0, sigma=5.0)
+                              if keep_images else None)
+        self.per_image: dict[bool, list[torch.Tensor]] = {False: [], True: []}
 
     @torch.no_grad()
     def update(self, pred_ab: torch.Tensor, true_ab: torch.Tensor, classes: torch.Tensor | None = None) -> None:
@@ -41,7 +52,15 @@ class AbAucMeter:
         if classes is None:
             classes = nearest_bins(true_ab.float(), 1)[0]
         flat = classes.flatten().cpu() * (self.max_threshold + 2) + ebin
-        self.hist += torch.bincount(flat, minlength=self.hist.numel()).view_as(self.hist).double()
+        if not self.keep_images:
+            self.hist += torch.bincount(flat, minlength=self.hist.numel()).view_as(self.hist).double()
+            return
+        n, size = pred_ab.shape[0], self.hist.numel()
+        image = torch.arange(n).repeat_interleave(flat.numel() // n)
+        per = torch.bincount(image * size + flat, minlength=n * size).view(n, *self.hist.shape).double()
+        self.hist += per.sum(0)
+        self.per_image[False].append(per.sum(1))
+        self.per_image[True].append(torch.einsum("nqe,q->ne", per, self.image_weights))
 
     def curve(self, rebalanced: bool = False, prior: torch.Tensor | str | None = None) -> torch.Tensor:
         """Fraction of (weighted) pixels with error <= t for t = 0..max_threshold."""
@@ -64,6 +83,20 @@ class AbAucMeter:
     def auc(self, rebalanced: bool = False, prior: torch.Tensor | str | None = None) -> float:
         c = self.curve(rebalanced, prior)
         return float(torch.trapezoid(c, dx=1.0) / self.max_threshold)
+
+
+    def interval(self, rebalanced: bool = False, config: Any = None) -> Any:
+        """The AuC (%) with its 95 % interval over the images (a
+        :class:`~xchannel.metrics.uncertainty.Interval`; needs ``keep_images``). The rebalanced one uses the
+        weights of the meter's ``prior``."""
+        from xchannel.metrics.uncertainty import BootstrapConfig, colorization_auc_interval
+
+        if not self.keep_images:
+            raise ValueError("AbAucMeter.interval needs keep_images=True")
+        rows = self.per_image[rebalanced]
+        if not rows:
+            raise ValueError("AbAucMeter: no pixels accumulated")
+        return colorization_auc_interval(torch.cat(rows).numpy(), config or BootstrapConfig())
 
 
 def ab_auc(pred_ab: torch.Tensor, true_ab: torch.Tensor, rebalanced: bool = False,

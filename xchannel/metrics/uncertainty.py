@@ -56,8 +56,9 @@ from xchannel.metrics.voc import (VOC07_RECALL_THRESHOLDS, ClassDetections, Grou
                                   match_detections)
 
 __all__ = ["BootstrapConfig", "Interval", "accuracy_difference_interval", "accuracy_interval", "chance_accuracy",
-           "chance_map", "classification_map_interval", "detection_map_interval", "expected_random_ap", "mean_std",
-           "percentile_interval", "resample_counts", "segmentation_miu_interval", "separation"]
+           "chance_map", "classification_map_interval", "colorization_auc_interval", "detection_map_interval",
+           "expected_random_ap", "mean_std", "percentile_interval", "resample_counts", "segmentation_miu_interval",
+           "separation"]
 
 #: Replicates per block in the vectorised scorers (bounds their memory: block x detections float64 arrays).
 _BLOCK = 100
@@ -398,6 +399,30 @@ def _mean_iu_rows(hist: np.ndarray) -> np.ndarray:
     total = np.where(present, iu, 0.0).sum(1)
     count = present.sum(1)
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _auc_rows(hist: np.ndarray) -> np.ndarray:
+    """Row-wise AuC (%) of ``B x (T + 2)`` (weighted) error histograms, bins 0..T+1 (T + 1: beyond every
+    threshold): the trapezoid area under the cumulative fraction over thresholds 0..T, divided by T
+    (:meth:`~xchannel.metrics.colorization.AbAucMeter.auc`)."""
+    t = hist.shape[1] - 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cum = np.cumsum(hist, 1)[:, : t + 1] / hist.sum(1, keepdims=True)
+    return 100.0 * (cum.sum(1) - (cum[:, 0] + cum[:, -1]) / 2.0) / t
+
+
+@_timed
+def colorization_auc_interval(per_image: Any, config: BootstrapConfig = BootstrapConfig()) -> Interval:
+    """Table 1's AuC (%) with its interval from ``n x (T + 2)`` per-image error histograms (pixel counts, or
+    pixel weights for the rebalanced AuC): each replicate sums the histograms of its images (with their counts)
+    and scores the sum, so that an image's pixels stay together, as they are not independent."""
+    h = np.asarray(per_image, dtype=np.float64)
+    if h.ndim != 2 or h.shape[1] < 3:
+        raise ValueError(f"per_image must be n x (T + 2) error histograms, got shape {h.shape}")
+    value = float(_auc_rows(h.sum(0, keepdims=True))[0])
+    counts = resample_counts(h.shape[0], config).astype(np.float64)
+    reps = np.concatenate([_auc_rows(counts[i: i + _BLOCK] @ h) for i in range(0, len(counts), _BLOCK)])
+    return percentile_interval(value, reps, config, (value,), "percentile bootstrap over images")
 
 
 @_timed

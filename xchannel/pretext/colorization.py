@@ -231,7 +231,7 @@ class ColorizationTask(PretextTask):
     def validate(self, model: nn.Module, batches, out_dir: Path, step: int, max_images: int) -> dict:
         """AuC (raw, rebalanced) of the main prediction and of the gray baseline; a sample grid PNG."""
         model.eval()
-        ours, gray = AbAucMeter(), AbAucMeter()
+        ours, gray = AbAucMeter(keep_images=True), AbAucMeter(keep_images=True)
         grid_rows: list[np.ndarray] = []
         seen = 0
         main_key = "regression" if self.opt.loss.kind == "l2" else f"annealed T={self.opt.temperature:g}"
@@ -251,8 +251,12 @@ class ColorizationTask(PretextTask):
         grid = np.concatenate(grid_rows, axis=0)
         out_dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(out_dir / f"samples_{step:08d}.png")
+        # 95 % intervals over the validation images (fractions, as the AuCs)
+        ci95 = {f"{who}{key}": [v / 100.0 for v in meter.interval(rebalanced).to_dict()["ci95"]]
+                for who, meter in (("", ours), ("gray_", gray))
+                for key, rebalanced in (("auc", False), ("auc_rebal", True))}
         return {"auc": ours.auc(), "auc_rebal": ours.auc(rebalanced=True), "gray_auc": gray.auc(),
-                "gray_auc_rebal": gray.auc(rebalanced=True), "val_images": seen,
+                "gray_auc_rebal": gray.auc(rebalanced=True), "ci95": ci95, "val_images": seen,
                 "columns": ["input (L)", *preds.keys(), "ground truth"]}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xchannel.reports import published as published_numbers
-from xchannel.reports.format import MISSING, csv_text, markdown_row, number
+from xchannel.reports.format import MISSING, csv_text, interval, markdown_row, number
 from xchannel.utils.io import atomic_write_json, atomic_write_text
 
 #: The paper's Table 1 columns: (key in results and in ``published/table1.json``, header as printed).
@@ -29,6 +29,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 #: Columns measured as fractions in [0, 1] and shown in %.
 PERCENT = ("auc_nonrebal", "auc_rebal", "vgg_top1", "amt_labeled_real")
+#: Columns whose rows may carry a 95 % interval over the images (``<column>_ci``, in %).
+AUC = ("auc_nonrebal", "auc_rebal")
 TITLE = "Table 1: colorization results"
 
 
@@ -55,6 +57,9 @@ def table_rows(rows: Sequence[Mapping[str, Any]], measured_on: str, published: M
         se = None if r["amt_se"] is None else 100.0 * r["amt_se"]
         values = {k: _cell(pct[k] if k in PERCENT else r[k], se if k == "amt_labeled_real" else None)
                   for k, _ in COLUMNS}
+        for k in AUC:  # mean ± half-width of the 95 % interval over the images (not for the exact ground truth)
+            if r.get(f"{k}_ci") and r[f"{k}_ci"]["half_width"] > 0:
+                values[k] = interval(r[f"{k}_ci"])
         out.append([r["name"], *(values[k] for k, _ in COLUMNS), measured_on])
     keys = list(published["columns"])
     for row in published["rows"]:
@@ -101,4 +106,4 @@ def write_table1(out_dir: str | Path, result: Mapping[str, Any], config: Mapping
     return paths
 
 
-__all__ = ["COLUMNS", "PERCENT", "TITLE", "load_published", "table_rows", "to_csv", "to_markdown", "write_table1"]
+__all__ = ["AUC", "COLUMNS", "PERCENT", "TITLE", "load_published", "table_rows", "to_csv", "to_markdown", "write_table1"]
