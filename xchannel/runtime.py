@@ -189,6 +189,11 @@ def _own_seconds(tick: int) -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + _live_children_seconds(tick)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one, else the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @dataclass
 class LoadMonitor:
     """Cores that other processes keep busy, measured between successive :meth:`others` calls (this process, its
@@ -197,7 +202,7 @@ class LoadMonitor:
     threshold: float = 0.5  # other processes using more than this many cores -> oversubscribed
 
     def __post_init__(self) -> None:
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.cores = usable_cores()
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._last = self._read()
 

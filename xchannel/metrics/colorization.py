@@ -14,11 +14,10 @@ set gives both numbers for any prior.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from xchannel.color import Q, nearest_bins, rebalance_weights, reference_prior
+from xchannel.metrics.uncertainty import BootstrapConfig, Interval, colorization_auc_interval
 
 MAX_THRESHOLD = 150
 
@@ -85,18 +84,15 @@ class AbAucMeter:
         return float(torch.trapezoid(c, dx=1.0) / self.max_threshold)
 
 
-    def interval(self, rebalanced: bool = False, config: Any = None) -> Any:
-        """The AuC (%) with its 95 % interval over the images (a
-        :class:`~xchannel.metrics.uncertainty.Interval`; needs ``keep_images``). The rebalanced one uses the
+    def interval(self, rebalanced: bool = False, config: BootstrapConfig = BootstrapConfig()) -> Interval:
+        """The AuC (%) with its 95 % interval over the images (needs ``keep_images``). The rebalanced one uses the
         weights of the meter's ``prior``."""
-        from xchannel.metrics.uncertainty import BootstrapConfig, colorization_auc_interval
-
         if not self.keep_images:
             raise ValueError("AbAucMeter.interval needs keep_images=True")
         rows = self.per_image[rebalanced]
         if not rows:
             raise ValueError("AbAucMeter: no pixels accumulated")
-        return colorization_auc_interval(torch.cat(rows).numpy(), config or BootstrapConfig())
+        return colorization_auc_interval(torch.cat(rows).numpy(), config)
 
 
 def ab_auc(pred_ab: torch.Tensor, true_ab: torch.Tensor, rebalanced: bool = False,

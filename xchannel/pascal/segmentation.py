@@ -149,9 +149,10 @@ class Config(FinetuneConfig):
 #: (train -> val, 100k iterations at a fixed 1e-4). ``train_aug``: SBD-augmented training, VOC2012 val.
 #: ``demo``: the embedded data set (its SBD tree and VOC2011) in about 80 s on one CPU core: 1000 updates of one
 #: whole image (FCN's own batch of 1) at lr 1e-3, 8 images for the rescaling. Measured on the embedded set with the
-#: demo's supervised encoder (mean IU over seg11valid, background-only 4.1-4.4): the former 30 updates of 2 images
-#: at 3e-3 and 100 at 1e-2 stayed background-only; 500 x 2 at 3e-3 5.0; 1000 x 1 at 1e-3 6.2 [5.5, 6.9] (82 s);
-#: 1000 x 2 at 3e-3 8.3 (162 s); 250 x 8 at 1e-2 6.2 (143 s).
+#: demo's supervised encoder (mean IU over seg11valid with its 95 % interval; background-only 4.1): the former 30
+#: updates of 2 images at 3e-3 and 100 at 1e-2 stayed background-only (4.4 [4.1, 4.9], 4.1 [4.1, 4.1]); 500 x 2 at
+#: 3e-3 5.0 [4.6, 5.4]; 1000 x 1 at 1e-3 6.2 [5.5, 6.9] (82 s); 1000 x 2 at 3e-3 8.3 [7.0, 9.5] (162 s); 250 x 8 at
+#: 1e-2 6.2 [5.4, 7.1] (143 s).
 PRESETS: dict[str, list[str]] = {
     "paper": [],
     "voc2012": ["data.train=voc", "data.year=2012", "data.val_split=val", "optim.iterations=100000",

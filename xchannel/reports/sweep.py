@@ -106,13 +106,15 @@ def gray_stand_ins(records: Sequence[tuple[Job, Mapping[str, Any]]],
     :func:`~xchannel.sweep.jobs.classification_skip`), the finished gray job of the same group, method and seed,
     its result relabelled as the colour input's and marked ``same_as_gray``: Table 2's colour row then shows the
     number that stands for both, as the paper's does (Ours (color) fc8 / fc6-8 = Ours (gray))."""
-    gray = {(job.kind, job.tag, tuple(sorted((k, v) for k, v in job.labels.items() if k != "input"))): (job, res)
-            for job, res in done if job.labels.get("input") == "gray"}
+    def but_input(job: Job) -> tuple:
+        return job.kind, job.tag, tuple(sorted((k, v) for k, v in job.labels.items() if k != "input"))
+
+    gray = {but_input(job): (job, res) for job, res in done if job.labels.get("input") == "gray"}
     out = []
     for job, rec in records:
         if job.kind != "pascal-cls" or job.labels.get("input") != "color" or not skipped(rec):
             continue
-        key = (job.kind, job.tag, tuple(sorted((k, v) for k, v in job.labels.items() if k != "input")))
+        key = but_input(job)
         if key in gray:
             result = gray[key][1]
             out.append((job, {**result, "same_as_gray": gray[key][0].id,

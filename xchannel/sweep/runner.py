@@ -599,10 +599,11 @@ def local_threads(parallel: int) -> int | None:
     """Torch threads for each of ``parallel`` local jobs: the cores this process may use shared between them (each
     job would otherwise take every core, and ``parallel`` of them would slow each other down), or None when
     ``OMP_NUM_THREADS`` is set (the user's choice is inherited) or a single job runs at a time."""
+    from xchannel.runtime import usable_cores
+
     if parallel <= 1 or "OMP_NUM_THREADS" in os.environ:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // parallel)
+    return max(1, usable_cores() // parallel)
 
 
 def _stop_local(active: dict[str, tuple[Job, Any]], echo: Callable[[str], None], grace_s: float = 30.0) -> None:
