@@ -57,8 +57,8 @@ from xchannel.metrics.voc import (VOC07_RECALL_THRESHOLDS, ClassDetections, Grou
 
 __all__ = ["BootstrapConfig", "Interval", "accuracy_difference_interval", "accuracy_interval", "chance_accuracy",
            "chance_map", "classification_map_interval", "colorization_auc_interval", "detection_map_interval",
-           "expected_random_ap", "mean_std", "percentile_interval", "resample_counts", "segmentation_miu_interval",
-           "separation"]
+           "expected_random_ap", "mean_std", "overlap_separation", "percentile_interval", "resample_counts",
+           "segmentation_miu_interval", "separation"]
 
 #: Replicates per block in the vectorised scorers (bounds their memory: block x detections float64 arrays).
 _BLOCK = 100
@@ -206,6 +206,16 @@ def separation(difference: Interval) -> Literal["ahead", "behind", "not separabl
     if difference.lo > 0:
         return "ahead"
     if difference.hi < 0:
+        return "behind"
+    return "not separable"
+
+
+def overlap_separation(a: Sequence[float], b: Sequence[float]) -> Literal["ahead", "behind", "not separable"]:
+    """Two independent runs' 95 % intervals ``[lo, hi]``: ``ahead`` when A's lies wholly above B's, ``behind`` when
+    wholly below, else ``not separable`` (a conservative reading: no paired resampling is possible across runs)."""
+    if a[0] > b[1]:
+        return "ahead"
+    if a[1] < b[0]:
         return "behind"
     return "not separable"
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xchannel.metrics.uncertainty import accuracy_difference_interval, separation
+from xchannel.metrics.uncertainty import accuracy_difference_interval, overlap_separation, separation
 from xchannel.reports import published as published_numbers
 from xchannel.reports.figure7 import merge_probe_results, pooled_hits
 from xchannel.reports.format import MISSING, interval, markdown_row, number
@@ -172,8 +172,7 @@ def pascal_differences(row: MethodRow, other: MethodRow, columns: Sequence[str])
         (va, loa, hia), (vb, lob, hib) = pascal_value(row.pascal[column]), pascal_value(other.pascal[column])
         if None in (loa, lob):
             continue
-        verdict = "ahead" if loa > hib else "behind" if hia < lob else "not separable"
-        out.append(Difference(column, verdict, va - vb))
+        out.append(Difference(column, overlap_separation((loa, hia), (lob, hib)), va - vb))
     return out
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from xchannel.errors import UserError
+from xchannel.metrics.uncertainty import overlap_separation
 from xchannel.pascal.record import TABLE2_COLUMNS
 from xchannel.reports import published as published_numbers
 from xchannel.reports.format import MISSING, csv_text, interval, markdown_row, number, value_range
@@ -179,8 +180,8 @@ def calibration_lines(rows: Sequence[MeasuredRow]) -> list[str]:
                 continue
             a, b = sup.intervals.get(c), gauss.intervals.get(c)
             if a and b:
-                verdict = ("separated" if a["ci95"][0] > b["ci95"][1] else
-                           "reversed" if a["ci95"][1] < b["ci95"][0] else "not separated")
+                verdict = {"ahead": "separated", "behind": "reversed",
+                           "not separable": "not separated"}[overlap_separation(a["ci95"], b["ci95"])]
             else:
                 verdict = "no intervals"
             parts.append(f"{TABLE2_COLUMNS[c][1]}: {verdict} ({_cell(sup, c)} vs {_cell(gauss, c)})")
