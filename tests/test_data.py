@@ -15,7 +15,7 @@ from badfiles import bomb_png as _bomb_png
 from badfiles import photo as _photo
 from xchannel.data.images import (BadImageError, ImageFolderDataset, ImageListDataset, RandomCropMirror,
                                   ResizeCenterCrop, SkipCounter, collate_skip, is_grayscale, load_rgb)
-from xchannel.data.voc import (VOC_CLASSES, VOC_PALETTE, PairedCropMirror, VOCClassification, VOCDetection,
+from xchannel.data.voc import (VOC_CLASSES, VOC_PALETTE, PairedCropMirror, PairedScale, VOCClassification, VOCDetection,
                                VOCSegmentation, boxes_to_xyxy, image_labels, read_annotation, read_class_labels,
                                read_image_set)
 from xchannel.errors import UserError
@@ -286,6 +286,22 @@ def test_paired_crop_keeps_image_and_mask_aligned():
         assert im.shape == (3, 16, 16) and m.shape == (16, 16)
         assert (m[12:] == 255).all() and (im[:, 12:] == 0).all()  # padded rows: void in the mask, black image
         assert torch.equal(im[0, :12].long(), m[:12])  # same crop and mirror for both
+
+
+def test_paired_scale_keeps_labels_and_alignment():
+    """1.5x: the mask takes only values it had (nearest neighbour: void stays void, no blended labels), the image
+    is resized alike (a left half of class 3 stays the left half), and a following crop sees both aligned."""
+    img = Image.fromarray(np.tile(np.where(np.arange(20) < 10, 200, 0).astype(np.uint8)[None, :, None], (12, 1, 3)))
+    mask = Image.fromarray(np.tile(np.where(np.arange(20) < 10, 3, 255).astype(np.uint8)[None, :], (12, 1)), "L")
+    im, m = PairedScale(1.5)(img, mask)
+    assert im.shape == (3, 18, 30) and m.shape == (18, 30)
+    assert set(m.unique().tolist()) == {3, 255} and (m[:, :15] == 3).all() and (m[:, 15:] == 255).all()
+    assert (im[0][m == 3] >= 150).all() and (im[0][:, 16:] <= 50).all()
+    torch.manual_seed(0)
+    im, m = PairedScale(1.5, PairedCropMirror(size=16))(img, mask)
+    assert im.shape == (3, 16, 16) and torch.equal(im[0] > 100, m == 3)
+    with pytest.raises(ValueError, match="scale"):
+        PairedScale(0)
 
 
 def test_exif_orientation_never_misaligns_voc_boxes(tmp_path):

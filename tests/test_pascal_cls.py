@@ -285,7 +285,8 @@ def test_rescale_command_preserves_function_and_equalises_rates(voc: Path, gray_
         a, b = before[name], after[name]
         assert a.abs().max() > 0
         assert torch.allclose(b, p * a, rtol=1e-4, atol=1e-6 * float(b.abs().max())), name
-    assert torch.allclose(after["fc7"], before["fc7"], rtol=1e-4, atol=1e-7)
+    # the same function: fc7 unchanged, up to the float32 rounding of the stored weights (relative to fc7's range)
+    assert torch.allclose(after["fc7"], before["fc7"], rtol=1e-4, atol=1e-6 * float(before["fc7"].abs().max()))
 
     spread = lambda logs: float((logs - logs.mean()).abs().max())  # noqa: E731
     assert spread(_log_rates(str(gray_checkpoint), x, seed=5)) > 0.3  # far from equal before

@@ -104,7 +104,7 @@ def colorization_stage(ctx: DemoContext) -> dict:
 
 
 #: The supervised calibration encoder: ``demo-supervised`` trained on L (Fig. 7's gray "ImageNet labels" line), as
-#: the demo encoder sees L. Measured here: 39 % val top-1 after 150 steps, 71 % after 400 (16 classes, chance 6 %).
+#: the demo encoder sees L, 450 steps (73 % val top-1 on 800 val images, 16 classes, chance 6 %; see the config).
 SUPERVISED_OVERRIDES = ("pretext.input=gray",)
 
 

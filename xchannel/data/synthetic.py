@@ -26,8 +26,12 @@ What makes colorization a meaningful pretext task here
 * 20 object classes (:data:`SHAPE_CLASSES`), each a distinct silhouette and/or luminance texture (disc, ring,
   star, cross, crescent, arrow, ...; plain, stripes, checker, polka dots, concentric rings, spokes): the class is
   visible in the lightness channel L. The VOC tree maps shape class i to VOC class i.
-* Colours depend on the class and are multimodal: class k is drawn in one of its 2-3 hue modes (e.g. the disc is
-  red, yellow or green, never blue), hue jittered by N(0, 5 deg) clipped to 10 deg, HSV saturation 0.65-1.
+* Colours depend on the class for half of the classes and are multimodal: such a class is drawn in one of its 2-3
+  hue modes (e.g. the disc is red, yellow or green, never blue), hue jittered by N(0, 5 deg) clipped to 10 deg,
+  HSV saturation 0.65-1. The other half (:data:`ANY`: cross, dotted hexagon, flower, ...) come in any hue, as cars, clothes
+  and furniture do: colour says nothing of their class.
+* Every scene holds 1-3 unlabelled blobs of any colour (:func:`draw_clutter`: leaves, signs, litter) that belong to
+  the background, so a saturated region is not necessarily an object.
 * The colour mode is *not* visible in L: an object's luminance is drawn independently of its mode. The object's
   colour is built in linear RGB with a prescribed relative luminance Y (uniform in 0.06-0.40): the hue's RGB is
   scaled to luminance Y and, when a channel would exceed 1, mixed with the gray of the same Y (which keeps Y).
@@ -35,6 +39,11 @@ What makes colorization a meaningful pretext task here
 * Backgrounds have their own typical colours: sky gradients, grass textures, neutral walls, sand, and sky-over-grass
   landscapes; a global illumination ramp (+-20 %), per-object sphere-like shading, and sensor noise (1-3 levels)
   give natural luminance variation.
+
+Generator v2 drew every class in its own hue modes over clean backgrounds. There colour was a per-pixel class
+label: the colorization network's output segmented the objects by class, and FCN fine-tuned from it scored 14.7 mIU
+against 6.2 for the supervised network (ranked first everywhere else). v3's any-hue classes and clutter make colour
+a partial cue, as it is in photographs.
 
 Everything is vectorised numpy; every image has its own generator ``default_rng([seed, stream, i, j])``, so a spec
 always gives byte-identical files, and adding classes or images leaves the existing ones unchanged.
@@ -62,7 +71,7 @@ from xchannel.errors import UserError
 from xchannel.utils.config import to_dict
 from xchannel.utils.io import atomic_write_json
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # Hue modes (HSV hue of the sRGB colour, degrees).
 RED, ORANGE, YELLOW, LIME, GREEN, TEAL, CYAN, BLUE, VIOLET, MAGENTA, PINK = (
@@ -86,27 +95,28 @@ class ShapeClass:
     voc_name: str
 
 
+ANY = ()  # no colour modes: the hue is uniform on the circle (as cars, clothes or furniture come in any colour)
 _CLASS_TABLE = [
     ("disc", "disc", "plain", (RED, YELLOW, GREEN)),
     ("ring", "ring", "plain", (ORANGE, BLUE)),
     ("checker_square", "square", "checker", (RED, BLUE)),
     ("triangle", "triangle", "plain", (YELLOW, MAGENTA)),
     ("star", "star", "plain", (YELLOW, RED)),
-    ("cross", "cross", "plain", (RED, GREEN, CYAN)),
-    ("dotted_hexagon", "hexagon", "dots", (TEAL, VIOLET)),
+    ("cross", "cross", "plain", ANY),
+    ("dotted_hexagon", "hexagon", "dots", ANY),
     ("crescent", "crescent", "plain", (YELLOW, CYAN)),
-    ("flower", "flower", "plain", (PINK, YELLOW, VIOLET)),
+    ("flower", "flower", "plain", ANY),
     ("striped_disc", "disc", "stripes", (ORANGE, GREEN)),
-    ("square", "square", "plain", (BLUE, GREEN)),
+    ("square", "square", "plain", ANY),
     ("ringed_ellipse", "ellipse", "rings", (RED, CYAN)),
     ("striped_diamond", "diamond", "stripes", (YELLOW, VIOLET)),
-    ("arrow", "arrow", "plain", (RED, GREEN, BLUE)),
-    ("frame", "frame", "plain", (ORANGE, TEAL)),
+    ("arrow", "arrow", "plain", ANY),
+    ("frame", "frame", "plain", ANY),
     ("dotted_semicircle", "semicircle", "dots", (MAGENTA, LIME)),
-    ("tee", "tee", "plain", (ORANGE, BLUE)),
-    ("spoked_disc", "disc", "spokes", (GREEN, MAGENTA)),
-    ("striped_triangle", "triangle", "stripes", (RED, CYAN)),
-    ("checker_pentagon", "pentagon", "checker", (YELLOW, BLUE, RED)),
+    ("tee", "tee", "plain", ANY),
+    ("spoked_disc", "disc", "spokes", ANY),
+    ("striped_triangle", "triangle", "stripes", ANY),
+    ("checker_pentagon", "pentagon", "checker", ANY),
 ]
 #: The 20 classes; shape class i stands for ``VOC_CLASSES[i]`` in the VOC trees.
 SHAPE_CLASSES: tuple[ShapeClass, ...] = tuple(
@@ -123,10 +133,10 @@ class SyntheticSpec:
 
     seed: int = 0
     classes: int = 16  # ImageFolder classes: the first N of SHAPE_CLASSES (the VOC trees always use all 20)
-    train_per_class: int = 40
+    train_per_class: int = 100  # 1600 images: 40 per class let the 300-step demo networks run 15 epochs
     val_per_class: int = 150  # 2400 val images: a probe's 95 % interval is about +-2 points at 50 % accuracy
     voc_trainval: int = 800  # VOC2007 trainval (split in halves into train / val); VOC2012 trainval as well
-    voc_test: int = 600  # VOC2007 test: classification and detection are scored on these
+    voc_test: int = 800  # VOC2007 test, scored by classification and detection (supervised cls mAP +-1.9 at 800)
     voc2012: bool = True
     sbd: bool = True  # VOC2011 and the SBD tree (VOC2011's train images, some of its val, voc_trainval // 2 own)
     seg_val: int = 300  # VOC2011 segmentation val images (those not in SBD train are seg11valid, the scored set)
@@ -300,12 +310,13 @@ class Scene:
 def sample_object(rng: np.random.Generator, cls: int, cx: float, cy: float, radius: float) -> SceneObject:
     """Draw an object's appearance: a hue mode of its class (uniformly), hue jitter, saturation, luminance."""
     hues = SHAPE_CLASSES[cls].hues
-    mode = int(rng.integers(len(hues)))
+    mode = int(rng.integers(len(hues))) if hues else -1
     jitter = float(np.clip(rng.normal(0.0, HUE_JITTER_SD), -HUE_JITTER_MAX, HUE_JITTER_MAX))
+    hue = hues[mode] + jitter if hues else float(rng.uniform(0.0, 360.0))
     light = float(rng.uniform(0, 2 * math.pi))
     return SceneObject(
         cls=cls, cx=cx, cy=cy, radius=radius, angle=float(rng.uniform(0, 2 * math.pi)), mode=mode,
-        hue=(hues[mode] + jitter) % 360.0, sat=float(rng.uniform(*SAT_RANGE)), lum=float(rng.uniform(*LUM_RANGE)),
+        hue=hue % 360.0, sat=float(rng.uniform(*SAT_RANGE)), lum=float(rng.uniform(*LUM_RANGE)),
         depth=float(rng.uniform(0.35, 0.55)), light=(math.cos(light), math.sin(light)),
     )
 
@@ -366,6 +377,35 @@ def background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, st
         img[:horizon] = _sky(rng, horizon, w)  # horizon >= 0.35 h >= 11 px
         return img, kind
     return {"sky": _sky, "grass": _grass, "wall": _wall, "sand": _sand}[kind](rng, h, w), kind
+
+
+#: Unlabelled coloured "stuff" in every scene (leaves, signs, litter): blobs of any hue that belong to the background.
+CLUTTER_COUNT = (1, 4)
+CLUTTER_RADIUS = (0.05, 0.14)
+
+
+def draw_clutter(rng: np.random.Generator, canvas: np.ndarray, size: int) -> None:
+    """Composite 1-3 irregular blobs of random hue, saturation and luminance over the background (not objects:
+    their pixels stay background in every label)."""
+    h, w, _ = canvas.shape
+    for _ in range(int(rng.integers(*CLUTTER_COUNT))):
+        r = rng.uniform(*CLUTTER_RADIUS) * size
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        x0, x1 = max(int(cx - 1.5 * r), 0), min(int(cx + 1.5 * r) + 1, w)
+        y0, y1 = max(int(cy - 1.5 * r), 0), min(int(cy + 1.5 * r) + 1, h)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        xs = np.arange(x0, x1, dtype=np.float32) + 0.5 - cx
+        ys = np.arange(y0, y1, dtype=np.float32) + 0.5 - cy
+        rho, theta = np.hypot(xs[None, :], ys[:, None]), np.arctan2(ys[:, None], xs[None, :])
+        edge = np.ones_like(theta)
+        for k in (2, 3, 5):
+            edge += rng.uniform(0.0, 0.22) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
+        alpha = np.clip(0.5 - (rho - r * edge), 0.0, 1.0)[..., None]
+        colour = colour_with_luminance(rng.uniform(0, 360), rng.uniform(0.4, 1.0), rng.uniform(*LUM_RANGE))
+        region = canvas[y0:y1, x0:x1]
+        region *= 1.0 - alpha
+        region += alpha * colour
 
 
 def draw_object(canvas: np.ndarray, owner: np.ndarray, index: int, obj: SceneObject) -> None:
@@ -430,6 +470,7 @@ def render_imagenet_image(rng: np.random.Generator, cls: int, size: int, classes
     centre) drawn over 0-2 small distractors of other classes among the first ``classes``."""
     h, w = _image_shape(rng, size, (1.0, 1.33), 0.75)
     canvas, kind = background(rng, h, w)
+    draw_clutter(rng, canvas, size)
     owner = np.full((h, w), -1, dtype=np.int16)
     objects = []
     others = [k for k in range(classes) if k != cls]
@@ -462,6 +503,7 @@ def render_voc_image(rng: np.random.Generator, size: int) -> Scene:
     """A VOC-like scene of 1-2 objects of any of the 20 classes (the ``VOC_*`` constants above)."""
     h, w = _image_shape(rng, size, (1.2, 1.5), 0.8)
     canvas, kind = background(rng, h, w)
+    draw_clutter(rng, canvas, size)
     owner = np.full((h, w), -1, dtype=np.int16)
     objects = []
     if rng.random() < VOC_SECOND_P:
@@ -830,7 +872,7 @@ def make_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, *, o
         manifest = {
             "generator": f"xchannel.data.synthetic v{GENERATOR_VERSION}",
             "spec": to_dict(spec),
-            "classes": [{"name": c.name, "shape": c.shape, "texture": c.texture, "hues": list(c.hues),
+            "classes": [{"name": c.name, "shape": c.shape, "texture": c.texture, "hues": list(c.hues) or "any",
                          "voc_name": c.voc_name} for c in SHAPE_CLASSES],
             "imagenet": imagenet,
             "voc": voc,

@@ -479,6 +479,24 @@ class VOCSegmentation(_VOCBase):
                 "path": str(self.images[index])}
 
 
+class PairedScale:
+    """Resize image (bilinear) and mask (nearest neighbour, so labels and void stay labels) by ``scale``, then apply
+    ``then`` (e.g. :class:`PairedCropMirror`) or convert to tensors as the data sets do without transforms."""
+
+    def __init__(self, scale: float, then: Callable[[Image.Image, Image.Image], tuple[Any, Any]] | None = None):
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0 (got {scale})")
+        self.scale, self.then = float(scale), then
+
+    def __call__(self, img: Image.Image, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        size = (max(1, round(img.width * self.scale)), max(1, round(img.height * self.scale)))
+        img = img.resize(size, Image.Resampling.BILINEAR)
+        mask = mask.resize(size, Image.Resampling.NEAREST)
+        if self.then is not None:
+            return self.then(img, mask)
+        return ToTensor()(img), torch.from_numpy(np.asarray(mask, dtype=np.uint8).astype(np.int64))
+
+
 class PairedCropMirror:
     """Segmentation transform applied to image and mask alike.
 

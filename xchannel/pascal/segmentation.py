@@ -66,7 +66,7 @@ from tqdm.auto import tqdm
 
 from xchannel.data.images import SkipCounter, collate_skip_lists
 from xchannel.data.sbd import SBDAugmented, SBDSegmentation, SegmentationItems, seg11valid_ids
-from xchannel.data.voc import IGNORE_INDEX, VOC_CLASSES, PairedCropMirror, VOCSegmentation
+from xchannel.data.voc import IGNORE_INDEX, VOC_CLASSES, PairedCropMirror, PairedScale, VOCSegmentation
 from xchannel.errors import UserError
 from xchannel.metrics.segmentation import confusion_matrix, segmentation_scores
 from xchannel.metrics.uncertainty import BootstrapConfig, segmentation_miu_interval
@@ -100,7 +100,9 @@ class SegData:
     ``sbd``: SBD's ``dataset`` folder ("" looks next to the VOCdevkit: ``SBD/dataset``,
     ``benchmark_RELEASE/dataset``). Validation: VOC``year`` ``ImageSets/Segmentation/<val_split>.txt``
     (``seg11valid``: see the module docstring). ``train_crop`` 0 trains on whole images (FCN); > 0 on random crops
-    of that side (padded with void, mirrored; :class:`~xchannel.data.voc.PairedCropMirror`), which allows batches."""
+    of that side (padded with void, mirrored; :class:`~xchannel.data.voc.PairedCropMirror`), which allows batches.
+    ``scale`` resizes training and scored images (bilinear) and masks (nearest neighbour) by that factor first
+    (:class:`~xchannel.data.voc.PairedScale`); 1 (FCN's protocol) leaves them as stored."""
 
     train: Literal["sbd", "sbd_aug", "voc"] = "sbd"
     sbd: str = ""
@@ -108,6 +110,7 @@ class SegData:
     train_split: str = "train"
     val_split: str = "seg11valid"
     train_crop: int = 0
+    scale: float = 1.0
 
 
 def reference_solver() -> CaffeSolver:
@@ -139,6 +142,8 @@ class Config(FinetuneConfig):
         if self.data.train_crop == 0 and self.optim.batch_size != 1:
             problems.append("whole-image training (data.train_crop=0) takes one image per forward pass: set "
                             "optim.batch_size=1 and use optim.iter_size to accumulate")
+        if not 0 < self.data.scale <= 8:
+            problems.append(f"data.scale must be in (0, 8] (got {self.data.scale})")
         if self.pad < 0 or self.upsample_kernel < 1:
             problems.append(f"pad must be >= 0 and upsample_kernel >= 1 (got {self.pad}, {self.upsample_kernel})")
         self.check("segmentation", problems)
@@ -152,14 +157,17 @@ class Config(FinetuneConfig):
 #: demo's supervised encoder (mean IU over seg11valid with its 95 % interval; background-only 4.1): the former 30
 #: updates of 2 images at 3e-3 and 100 at 1e-2 stayed background-only (4.4 [4.1, 4.9], 4.1 [4.1, 4.1]); 500 x 2 at
 #: 3e-3 5.0 [4.6, 5.4]; 1000 x 1 at 1e-3 6.2 [5.5, 6.9] (82 s); 1000 x 2 at 3e-3 8.3 [7.0, 9.5] (162 s); 250 x 8 at
-#: 1e-2 6.2 [5.4, 7.1] (143 s).
+#: 1e-2 6.2 [5.4, 7.1] (143 s). Images are scaled 1.5x (``data.scale``; masks by nearest neighbour, scored at that
+#: size): the demo's supervised encoder is trained on 227 px crops of images resized to 240 px, i.e. on objects 1.5x
+#: as large as in the 160 px VOC images, and FCN-32s's score cells are 32 px. On generator v3 with the same encoders:
+#: supervised 7.0 [6.1, 7.7] at 1x, 11.2 [9.7, 12.6] at 1.5x, 6.5 [5.8, 7.3] at 2x; colorization 10.1, 10.1, 7.7.
 PRESETS: dict[str, list[str]] = {
     "paper": [],
     "voc2012": ["data.train=voc", "data.year=2012", "data.val_split=val", "optim.iterations=100000",
                 "optim.lr_step=0"],
     "train_aug": ["data.train=sbd_aug", "data.year=2012", "data.val_split=val"],
     "demo": ["optim.iterations=1000", "optim.iter_size=1", "optim.lr=0.001", "optim.lr_step=0", "rescale.images=8",
-             "log_every=100"],
+             "log_every=100", "data.scale=1.5"],
 }
 
 
@@ -359,6 +367,8 @@ def find_sbd(cfg: Config) -> Path:
 def training_set(cfg: Config) -> SegmentationItems | VOCSegmentation:
     d = cfg.data
     transforms = PairedCropMirror(d.train_crop, train=True) if d.train_crop else None
+    if d.scale != 1.0:
+        transforms = PairedScale(d.scale, transforms)
     if d.train == "sbd":
         return SBDSegmentation(find_sbd(cfg), "train", transforms)
     if d.train == "sbd_aug":
@@ -369,10 +379,12 @@ def training_set(cfg: Config) -> SegmentationItems | VOCSegmentation:
 def validation_set(cfg: Config) -> tuple[VOCSegmentation, str]:
     """The scored images and a description of where their list came from."""
     d = cfg.data
+    scaled = PairedScale(d.scale) if d.scale != 1.0 else None
     if d.val_split == "seg11valid":
         ids, source = seg11valid_ids(cfg.voc, find_sbd(cfg), d.year)
-        return VOCSegmentation(cfg.voc, d.year, ids=ids), source
-    return VOCSegmentation(cfg.voc, d.year, d.val_split), f"VOC{d.year} Segmentation/{d.val_split}.txt"
+        return VOCSegmentation(cfg.voc, d.year, ids=ids, transforms=scaled), source
+    return (VOCSegmentation(cfg.voc, d.year, d.val_split, transforms=scaled),
+            f"VOC{d.year} Segmentation/{d.val_split}.txt")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -526,6 +538,7 @@ def run_task(cfg: Config, prepared: PreparedEncoder | None = None) -> dict[str, 
         "source": "the authors' feature_learning_tests/segmentation: train_val.prototxt (kernel 63, biases lr x2 "
                   "decay 0), solver0.prototxt and solve.py (three 50k phases at 1e-4, 1e-5, 1e-6)",
         "training_images": "whole images" if not d.train_crop else f"random {d.train_crop} px crops, mirrored",
+        "image_scale": d.scale,
         "dropout": cfg.dropout, "input_mode": encoder.input_mode, "ab_branch": cfg.ab_branch,
         "precision": precision, "channels_last": cfg.channels_last,
         "paper_reference_miu": {"Ours (gray)": 35.0, "Ours (color)": 35.6},
