@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from xchannel.data.images import BadImageError, Skipped, ToTensor, load_rgb
-from xchannel.data.voc import IGNORE_INDEX, VOC_CLASSES, load_mask, read_image_set, resolve_root
+from xchannel.data.images import BadImageError, Skipped, load_rgb
+from xchannel.data.voc import IGNORE_INDEX, VOC_CLASSES, image_mask_tensors, load_mask, read_image_set, resolve_root
 from xchannel.errors import UserError
 
 
@@ -81,7 +80,7 @@ class SegmentationItems(Dataset):
         if self.transforms is not None:
             image, mask_t = self.transforms(img, Image.fromarray(mask, "L"))
         else:
-            image, mask_t = ToTensor()(img), torch.from_numpy(mask.astype(np.int64))
+            image, mask_t = image_mask_tensors(img, mask)
         return {"image": image, "mask": mask_t, "index": index, "id": i, "path": str(path)}
 
 

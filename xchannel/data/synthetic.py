@@ -41,9 +41,9 @@ What makes colorization a meaningful pretext task here
   give natural luminance variation.
 
 Generator v2 drew every class in its own hue modes over clean backgrounds. There colour was a per-pixel class
-label: the colorization network's output segmented the objects by class, and FCN fine-tuned from it scored 14.7 mIU
-against 6.2 for the supervised network (ranked first everywhere else). v3's any-hue classes and clutter make colour
-a partial cue, as it is in photographs.
+label: the colorization network's output segmented the objects by class, and FCN fine-tuned from it scored
+14.7 ± 2.2 mIU against 6.2 ± 0.7 for the supervised network (ranked first everywhere else). v3's any-hue classes and
+clutter make colour a partial cue, as it is in photographs.
 
 Everything is vectorised numpy; every image has its own generator ``default_rng([seed, stream, i, j])``, so a spec
 always gives byte-identical files, and adding classes or images leaves the existing ones unchanged.

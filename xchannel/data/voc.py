@@ -474,9 +474,14 @@ class VOCSegmentation(_VOCBase):
         if self.transforms is not None:
             image, mask_t = self.transforms(img, mask_img)
         else:
-            image, mask_t = ToTensor()(img), torch.from_numpy(mask.astype(np.int64))
+            image, mask_t = image_mask_tensors(img, mask)
         return {"image": image, "mask": mask_t, "index": index, "id": self.ids[index],
                 "path": str(self.images[index])}
+
+
+def image_mask_tensors(img: Image.Image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """A segmentation item without transforms: the image as a uint8 tensor, the mask as int64 labels."""
+    return ToTensor()(img), torch.from_numpy(np.asarray(mask, dtype=np.uint8).astype(np.int64))
 
 
 class PairedScale:
@@ -494,7 +499,7 @@ class PairedScale:
         mask = mask.resize(size, Image.Resampling.NEAREST)
         if self.then is not None:
             return self.then(img, mask)
-        return ToTensor()(img), torch.from_numpy(np.asarray(mask, dtype=np.uint8).astype(np.int64))
+        return image_mask_tensors(img, np.asarray(mask))
 
 
 class PairedCropMirror:

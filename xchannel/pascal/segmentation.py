@@ -154,13 +154,17 @@ class Config(FinetuneConfig):
 #: (train -> val, 100k iterations at a fixed 1e-4). ``train_aug``: SBD-augmented training, VOC2012 val.
 #: ``demo``: the embedded data set (its SBD tree and VOC2011) in about 70 s on one CPU core: 600 updates of one
 #: whole image (FCN's own batch of 1) at lr 1e-3, images scaled 1.5x, 8 images for the rescaling. Measured on
-#: generator v2 at 1x with the demo's supervised encoder (mean IU over seg11valid with its 95 % interval; background-only 4.1): the former 30
+#: generator v2 at 1x with the demo's supervised encoder (mean IU over seg11valid with its 95 % interval;
+#: background-only 4.1): the former 30
 #: updates of 2 images at 3e-3 and 100 at 1e-2 stayed background-only (4.4 [4.1, 4.9], 4.1 [4.1, 4.1]); 500 x 2 at
 #: 3e-3 5.0 [4.6, 5.4]; 1000 x 1 at 1e-3 6.2 [5.5, 6.9] (82 s); 1000 x 2 at 3e-3 8.3 [7.0, 9.5] (162 s); 250 x 8 at
 #: 1e-2 6.2 [5.4, 7.1] (143 s). Images are scaled 1.5x (``data.scale``; masks by nearest neighbour, scored at that
 #: size): the demo's supervised encoder is trained on 227 px crops of images resized to 240 px, i.e. on objects 1.5x
 #: as large as in the 160 px VOC images, and FCN-32s's score cells are 32 px. On generator v3 with the same encoders:
-#: supervised 7.0 [6.1, 7.7] at 1x, 11.2 [9.7, 12.6] at 1.5x, 6.5 [5.8, 7.3] at 2x; colorization 10.1, 10.1, 7.7.
+#: supervised 7.0 [6.1, 7.7] at 1x, 11.2 [9.7, 12.6] at 1.5x, 6.5 [5.8, 7.3] at 2x; colorization 10.1 [8.7, 11.4],
+#: 10.1 [8.7, 11.6], 7.7 [6.6, 8.8] (``xchannel pascal seg ENCODER --preset demo --input-mode gray --voc DATA/VOCdevkit
+#: --set data.scale=S``, 1000 updates, the encoders of ``xchannel demo --only data colorization supervised`` with
+#: 40 training images per class and 300 supervised steps).
 #: 1000 updates until the 800-image test set of v3 made the demo too long (there: supervised 17.4 ± 2.0, ours
 #: 10.8 ± 1.6, Gaussian 5.3 ± 0.5, about 100 s a run on one core without native bf16; at 800 updates 19.7 ± 2.1,
 #: 11.9 ± 1.6, 5.1 ± 0.5, the demo 901 s).
